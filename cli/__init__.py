@@ -1,0 +1,1 @@
+"""The ``profiler`` command line: click commands only (parse, call, print)."""

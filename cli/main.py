@@ -1,0 +1,54 @@
+"""The ``profiler`` command group; each command parses, calls the library, and prints."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from data_prep.errors import DataError
+from profiler import __version__
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+class Group(click.Group):
+    """A click group that turns the library's input errors into clean CLI errors (exit 1)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DataError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+class _StderrHandler(logging.Handler):
+    """Log records to stderr through tqdm, so they do not break a progress bar."""
+
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def setup_logging(verbose: int) -> None:
+    logger = logging.getLogger("profiler")
+    logger.handlers[:] = [_StderrHandler()]
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="profiler")
+@click.option("-v", "--verbose", count=True, help="More messages on stderr (-vv for debug).")
+def main(verbose: int) -> None:
+    """Profile social-media users (gender, location, occupation) from the images they post.
+
+    Each user's images are stacked into one volume and a 3D CNN predicts the three
+    traits at once (Valdez-Rodriguez et al., MEX-A3T 2019). Results go to stdout or
+    --output; progress and warnings go to stderr.
+    """
+    setup_logging(verbose)
+
+
+from cli import prepare as _prepare  # noqa: E402  (commands register themselves on main)
