@@ -120,10 +120,18 @@ def decode_users(users: list[User], config: PrepareConfig, *, workers: int = 1):
     if workers <= 1 or len(users) < 2:
         yield from map(_decode_job, jobs)
         return
-    # "spawn" so that a parent that already runs TensorFlow threads is never forked.
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         yield from pool.map(_decode_job, jobs, chunksize=4)
+
+
+def _start_method() -> str:
+    """"fork" (fast start) unless the parent runs TensorFlow's threads, which must not be forked."""
+    if "fork" in multiprocessing.get_all_start_methods() and not any(
+        name in sys.modules for name in ("tensorflow", "jax", "torch")
+    ):
+        return "fork"
+    return "spawn"
 
 
 def fingerprint(dataset: Dataset, config: PrepareConfig) -> str:

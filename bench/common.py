@@ -1,0 +1,64 @@
+"""Shared helpers for the benchmark scripts: synthetic photo-like data, timing, machine facts."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def photo_like(rng: np.random.Generator, size: int = 400) -> Image.Image:
+    """A smooth random image with some texture, so JPEG sizes resemble photos (~20-40 KB)."""
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    im = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+    noise = rng.normal(0, 12, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(im, float) + noise, 0, 255).astype(np.uint8))
+
+
+def make_jpeg_dataset(root: Path, users: int, images: int = 11, size: int = 400, seed: int = 0) -> Path:
+    """A dataset folder of ``users`` users with ``images`` JPEGs each (no truth file)."""
+    if (root / "images").is_dir() and len(list((root / "images").iterdir())) == users:
+        return root
+    rng = np.random.default_rng(seed)
+    pool = [photo_like(rng, size) for _ in range(40)]
+    for u in range(users):
+        folder = root / "images" / f"user{u:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(images):
+            pool[rng.integers(len(pool))].save(folder / f"{j:02d}.jpg", quality=int(rng.integers(70, 95)))
+    return root
+
+
+def repeat(fn, runs: int = 3) -> dict:
+    """Time ``fn`` ``runs`` times; the median and spread in seconds."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": runs}
+
+
+def machine() -> dict:
+    """CPU model, core count and library versions, for the record."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import PIL
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "numpy": np.__version__, "pillow": PIL.__version__}
+
+
+def dump(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
