@@ -22,6 +22,38 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+class Choice(click.Choice):
+    """``click.Choice`` that suggests the closest value for a typo ("did you mean")."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            from data_prep.labels import suggest
+
+            close = suggest(str(value), list(self.choices))
+            if close:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {close[0]!r}?"
+            raise
+
+
+def echo_problems(problems) -> None:
+    """Print problems (file:line: severity: message) to stderr."""
+    for problem in problems:
+        click.echo(str(problem), err=True)
+
+
+def write_output(text: str, output: str | None) -> None:
+    """Write a result to ``output`` atomically, or to stdout."""
+    if output:
+        from data_prep.io import atomic_write_text
+
+        atomic_write_text(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 class _StderrHandler(logging.Handler):
     """Log records to stderr through tqdm, so they do not break a progress bar."""
 
@@ -51,4 +83,6 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-from cli import prepare as _prepare  # noqa: E402  (commands register themselves on main)
+# The commands register themselves on ``main``.
+from cli import prepare as _prepare  # noqa: E402,F401
+from cli import score as _score  # noqa: E402,F401

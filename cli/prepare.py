@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.main import main
+from cli.main import Choice, main
 
 
 @main.command()
@@ -12,7 +12,7 @@ from cli.main import main
               help="Cache folder to write (replaced atomically when complete).")
 @click.option("--size", type=click.IntRange(8, 1024), default=64,
               help="Height and width of each image in pixels.")
-@click.option("--fit", type=click.Choice(["pad", "crop"]), default="pad",
+@click.option("--fit", type=Choice(["pad", "crop"]), default="pad",
               help="Keep the aspect ratio by padding (whole image kept) or centre-cropping.")
 @click.option("--max-images", type=click.IntRange(1, 1000), default=32,
               help="Most images kept per user (an even spread of the sorted files).")

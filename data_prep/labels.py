@@ -7,6 +7,7 @@ The order of each tuple is the order of the model's softmax units and of every t
 from __future__ import annotations
 
 import difflib
+import functools
 import unicodedata
 
 TRAITS: tuple[str, ...] = ("gender", "location", "occupation")
@@ -81,8 +82,12 @@ def _fold(value: str) -> str:
     return "".join(ch for ch in text if not unicodedata.combining(ch))
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_label(trait: str, value: str) -> str:
-    """The canonical name of ``value`` for ``trait``; raises ``UnknownLabel`` if unknown."""
+    """The canonical name of ``value`` for ``trait``; raises ``UnknownLabel`` if unknown.
+
+    Memoised: a file of a million users has only a handful of distinct spellings.
+    """
     if trait not in LABELS:
         raise KeyError(f"unknown trait {trait!r}; expected one of {TRAITS}")
     key = _fold(value)

@@ -1,0 +1,94 @@
+"""``profiler score``: score submissions against a truth file and print the paper's tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.main import Choice, echo_problems, main, write_output
+
+
+@main.command()
+@click.option("--truth", "-t", type=click.Path(exists=True), required=True,
+              help="Truth file (txt, CSV or JSON lines), or a dataset folder holding one.")
+@click.argument("submissions", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", "names", multiple=True,
+              help="Row name for each submission, in order  [default: the file name]")
+@click.option("--submission-format", type=Choice(["auto", "txt", "csv", "jsonl"]), default="auto",
+              help="Format of the submission files.")
+@click.option("--average", type=Choice(["macro", "weighted"]), default="macro",
+              help="How P, R and F average over classes.")
+@click.option("--f-measure", type=Choice(["mean", "pan"]), default="mean",
+              help="F as the mean of per-class F1, or PAN's harmonic mean of P and R.")
+@click.option("--with-paper", is_flag=True, help="Add the paper's own rows, labelled as quoted.")
+@click.option("--baselines", is_flag=True,
+              help="Add majority-class and stratified-random rows computed from the truth.")
+@click.option("--bootstrap", type=click.IntRange(0, 100000), default=0,
+              help="Resamples of the users for 95% intervals of F and Acc (0: none).")
+@click.option("--seed", type=int, default=0, help="Seed for --bootstrap and the random baseline.")
+@click.option("--format", "fmt", type=Choice(["markdown", "csv", "json", "latex"]), default="markdown",
+              help="Output format.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the tables here (atomically) instead of stdout.")
+@click.option("--plots", type=click.Path(file_okay=False), default=None,
+              help="Write confusion-matrix heat-maps (PNG) into this folder.")
+@click.option("--ignore-extra", is_flag=True,
+              help="Warn about, rather than reject, users that are not in the truth.")
+def score(truth, submissions, names, submission_format, average, f_measure, with_paper, baselines,
+          bootstrap, seed, fmt, output, plots, ignore_extra):
+    """Score SUBMISSIONS against the truth and print the paper's Tables 1-5.
+
+    A submission has the truth file's format (user_id:::gender:::location:::occupation),
+    or CSV with a header, or JSON lines. Every submission is validated first and every
+    problem reported (file, line); an invalid one exits with code 1 and nothing is
+    scored. Users missing from a submission count as wrong.
+
+    Example:
+
+        profiler score --truth data/sample/test model1.txt model2.txt --with-paper --baselines
+    """
+    from profiler import evaluation
+
+    if not submissions and not baselines:
+        raise click.UsageError("give at least one SUBMISSION file, or --baselines")
+    if names and len(names) != len(submissions):
+        raise click.UsageError(f"{len(names)} --name given for {len(submissions)} submissions")
+    table = evaluation.load_truth_for_scoring(truth)
+    runs = {}
+    invalid = []
+    for i, path in enumerate(submissions):
+        name = names[i] if names else Path(path).stem
+        if name in runs:
+            raise click.UsageError(f"two submissions are named {name!r}; use --name")
+        sub = evaluation.load_submission(path, table, name=name, fmt=submission_format,
+                                         ignore_extra=ignore_extra)
+        echo_problems(sub.problems)
+        if not sub.valid:
+            invalid.append(path)
+        runs[name] = sub.predictions
+    if invalid:
+        raise click.ClickException(f"{len(invalid)} invalid submission(s), nothing scored: "
+                                   + ", ".join(invalid))
+    results = {name: evaluation.score(table, preds, average=average, f_measure=f_measure,
+                                      bootstrap=bootstrap, seed=seed)
+               for name, preds in runs.items()}
+    if baselines:
+        for name, preds in evaluation.baselines(table, seed=seed).items():
+            results[name] = evaluation.score(table, preds, average=average, f_measure=f_measure,
+                                             bootstrap=bootstrap, seed=seed)
+            results[name]["source"] = evaluation.BASELINE_SOURCE
+    from profiler.reports import render
+
+    write_output(render(results, fmt=fmt, with_paper=with_paper), output)
+    if plots:
+        from profiler.plots import confusion_heatmap
+
+        for name, result in results.items():
+            for trait, scores in result["traits"].items():
+                path = Path(plots) / f"confusion_{_slug(name)}_{trait}.png"
+                confusion_heatmap(scores, path, title=f"{name}: {trait}")
+        click.echo(f"wrote {len(results) * 3} confusion matrices to {plots}", err=True)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
