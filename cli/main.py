@@ -85,4 +85,5 @@ def main(verbose: int) -> None:
 
 # The commands register themselves on ``main``.
 from cli import prepare as _prepare  # noqa: E402,F401
+from cli import sample_data as _sample_data  # noqa: E402,F401
 from cli import score as _score  # noqa: E402,F401

@@ -42,3 +42,36 @@ def confusion_heatmap(scores: dict, path: str | Path, *, title: str) -> Path:
     display.im_.set_clim(0, 1)
     ax.set_title(f"{title}\nF {scores['F']:.3f}  Acc {scores['Acc']:.3f}  (rows: share of true class)")
     return save_figure(fig, path)
+
+
+def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size: int = 96) -> Path:
+    """A grid of the first ``users`` users of a dataset: one row each, labels on the left."""
+    from data_prep.dataset import load_dataset
+    from data_prep.errors import ImageError
+    from data_prep.images import load_image
+
+    plt = _pyplot()
+    ds = load_dataset(dataset, missing="warn")
+    chosen = ds.users[:users]
+    columns = max(len(u.files) for u in chosen)
+    fig, axes = plt.subplots(len(chosen), columns, figsize=(1.2 * columns + 1.6, 1.35 * len(chosen)),
+                             squeeze=False)
+    for r, user in enumerate(chosen):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c >= len(user.files):
+                continue
+            try:
+                ax.imshow(load_image(user.files[c], (size, size)))
+            except ImageError as exc:
+                ax.text(0.5, 0.5, "broken:\n" + exc.reason.split(" (")[0][:24], ha="center",
+                        va="center", fontsize=6, color="crimson", transform=ax.transAxes)
+        labels = user.labels or {}
+        axes[r][0].set_ylabel("\n".join([user.user_id[:8]] + list(labels.values())), rotation=0,
+                              ha="right", va="center", fontsize=7)
+    fig.suptitle(f"{Path(dataset).name}: {len(chosen)} users, one row each", fontsize=9)
+    return save_figure(fig, path)
