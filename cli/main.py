@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter (CPU features, absent CUDA) is not for our users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
@@ -86,4 +90,5 @@ def main(verbose: int) -> None:
 # The commands register themselves on ``main``.
 from cli import prepare as _prepare  # noqa: E402,F401
 from cli import sample_data as _sample_data  # noqa: E402,F401
+from cli import train as _train  # noqa: E402,F401
 from cli import score as _score  # noqa: E402,F401

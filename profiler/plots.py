@@ -75,3 +75,26 @@ def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size
                               ha="right", va="center", fontsize=7)
     fig.suptitle(f"{Path(dataset).name}: {len(chosen)} users, one row each", fontsize=9)
     return save_figure(fig, path)
+
+
+def training_curves(history_csv: str | Path, path: str | Path, *, title: str) -> Path:
+    """Loss (train and validation) and validation macro-F per head, by epoch."""
+    import pandas as pd
+
+    from data_prep.labels import TRAITS
+
+    plt = _pyplot()
+    history = pd.read_csv(history_csv)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = history["epoch"]
+    for trait in TRAITS:
+        line, = left.plot(epochs, history[f"loss_{trait}"], label=f"{trait} train")
+        left.plot(epochs, history[f"val_loss_{trait}"], "--", color=line.get_color(), label=f"{trait} val")
+        right.plot(epochs, history[f"val_macro_f_{trait}"], label=trait)
+    right.plot(epochs, history["val_mean_macro_f"], "k-", linewidth=2, label="mean")
+    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss per head")
+    right.set(xlabel="epoch", ylabel="macro-F", title="validation macro-F per head", ylim=(0, 1))
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)

@@ -1,0 +1,63 @@
+"""Importing Keras (and TensorFlow) without TensorFlow's harmless start-up chatter.
+
+The ``tensorflow`` wheel prints, from C++ and before its logging is set up, that it found
+no CUDA driver and which CPU features it uses. ``import_keras`` captures what is written
+to file descriptor 2 while TensorFlow loads and looks for devices, drops those known
+lines, and writes everything else back to stderr, so real errors still show.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+HARMLESS = re.compile(
+    r"absl::InitializeLog|cudart_stub|cuda_platform|cuInit|cuda drivers|cpu_feature_guard|"
+    r"oneDNN custom operations|rebuild TensorFlow with the appropriate compiler flags|"
+    r"TF-TRT Warning|computation_placer|Unable to register cu(DNN|FFT|BLAS) factory|"
+    r"This TensorFlow binary is optimized"
+)
+_loaded = False
+
+
+@contextlib.contextmanager
+def _quiet_stderr_fd():
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not HARMLESS.search(line):
+                    print(line, file=sys.stderr)
+
+
+def import_keras():
+    """Import and return ``keras``; with TensorFlow as backend, quietly, devices initialised."""
+    global _loaded
+    if not _loaded:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with _quiet_stderr_fd():
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()
+        _loaded = True
+    import keras
+
+    return keras

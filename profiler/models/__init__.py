@@ -1,0 +1,12 @@
+"""The models: a 3D CNN trunk (two variants, after the paper) feeding three softmax heads.
+
+Model code uses only ``keras.*`` so it runs on the TensorFlow, JAX and PyTorch backends.
+"""
+from profiler.backend import import_keras
+
+import_keras()
+
+from profiler.models.cnn3d import VARIANTS, Cnn3dProfiler, block_list  # noqa: E402
+from profiler.models.io import load_model, model_info, save_model  # noqa: E402
+
+__all__ = ["VARIANTS", "Cnn3dProfiler", "block_list", "load_model", "model_info", "save_model"]

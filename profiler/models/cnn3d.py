@@ -1,0 +1,120 @@
+"""The paper's two 3D CNNs: one trunk builder, two block lists.
+
+Input: a user's volume of ``p`` images, uint8, shape ``(p, height, width, 3)``; scaling to
+[0, 1] happens inside the model, so a saved model takes raw volumes.
+
+Choices the paper leaves open, and why:
+
+- **Filters** 32-64-128-256 (doubling as the resolution halves, as in Ji et al. and C3D);
+  Model 2's seven layers use 32-64-128-128-256-256-256. Configurable (the tests use 4).
+- **Padding** ``same`` for convolutions and pools. With p = 11 the depth axis goes
+  11 -> 6 -> 3 -> 2 -> 1 under four 2x2x2 pools; with ``valid`` pooling it would reach 0
+  at the fourth pool.
+- **Normalisation**: batch normalisation (momentum 0.9, so its running statistics keep up
+  with short runs on a few thousand users) after every convolution (as in keras-io's 3D
+  CNN example), which lets the default preset train at a sane learning rate from scratch.
+- **Model 2's pooling** (after Hou et al.'s T-CNN): 2x2x2 after the first layers, then
+  1x2x2 after the last ones ("reduces the input volume just in h and w").
+- **Classification stage**: global average pooling over (depth, h, w), then fully
+  connected ReLU layers with dropout, then the three softmax heads. Averaging, rather
+  than flattening, keeps the head small (fewer parameters to overfit a few thousand
+  users) and independent of the image size; ``pooling="flatten"`` gives the literal
+  reading instead.
+"""
+from __future__ import annotations
+
+import keras
+
+from data_prep.labels import TRAITS, label_space
+from profiler import __version__
+from profiler.models.heads import classification_stage, trait_heads
+
+VARIANTS = ("model1", "model2")
+POOLINGS = ("avg", "flatten")
+
+#: default filters per variant (one per convolution)
+DEFAULT_FILTERS = {"model1": (32, 64, 128, 256), "model2": (32, 64, 128, 128, 256, 256, 256)}
+
+
+def block_list(variant: str, filters: tuple[int, ...] | None = None) -> list[tuple[int, tuple | None]]:
+    """``(filters, pool)`` for each Conv3D of a variant; ``pool`` None means no pooling after it.
+
+    Model 1: four convolutions, each followed by a 2x2x2 max-pool.
+    Model 2: seven convolutions in five groups (1, 1, 2, 2, 1), pooled 2x2x2 after the first
+    three groups and 1x2x2 (h and w only) after the last two.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")
+    filters = tuple(filters or DEFAULT_FILTERS[variant])
+    expected = len(DEFAULT_FILTERS[variant])
+    if len(filters) != expected:
+        raise ValueError(f"{variant} has {expected} convolutions; got {len(filters)} filter counts")
+    if variant == "model1":
+        return [(f, (2, 2, 2)) for f in filters]
+    pools = [(2, 2, 2), (2, 2, 2), None, (2, 2, 2), None, (1, 2, 2), (1, 2, 2)]
+    return list(zip(filters, pools))
+
+
+def build_trunk(x, blocks: list[tuple[int, tuple | None]], *, batch_norm: bool = True):
+    """Conv3D (2x3x3, same) -> [BatchNorm] -> ReLU -> [MaxPool3D] for each block."""
+    for i, (filters, pool) in enumerate(blocks, 1):
+        x = keras.layers.Conv3D(filters, (2, 3, 3), padding="same", use_bias=not batch_norm,
+                                name=f"conv{i}")(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"conv{i}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"conv{i}_relu")(x)
+        if pool is not None:
+            x = keras.layers.MaxPooling3D(pool, padding="same", name=f"pool{i}")(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="profiler")
+class Cnn3dProfiler(keras.Model):
+    """A 3D CNN over a user's image volume with gender, location and occupation heads.
+
+    Outputs a dict ``{"gender": (n, 2), "location": (n, 6), "occupation": (n, 8)}`` of
+    probabilities. The constructor arguments are the config; the saved model carries
+    its label vocabularies, ``p``, the image size and the package version.
+    """
+
+    def __init__(self, variant: str = "model1", p: int = 11, height: int = 64, width: int = 64,
+                 filters: tuple[int, ...] | None = None, dense: tuple[int, ...] = (256,),
+                 dropout: float = 0.5, batch_norm: bool = True, pooling: str = "avg",
+                 labels: dict | None = None, profiler_version: str | None = None, **kwargs):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        labels = labels or label_space()
+        blocks = block_list(variant, filters)
+        inputs = keras.Input((p, height, width, 3), dtype="uint8", name="volume")
+        x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
+        x = build_trunk(x, blocks, batch_norm=batch_norm)
+        if pooling == "avg":
+            x = keras.layers.GlobalAveragePooling3D(name="pool")(x)
+        else:
+            x = keras.layers.Flatten(name="pool")(x)
+        x = classification_stage(x, tuple(dense), dropout)
+        outputs = trait_heads(x, labels)
+        kwargs.setdefault("name", variant)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.variant = variant
+        self.p, self.height, self.width = p, height, width
+        self.filters = tuple(f for f, _ in blocks)
+        self.dense = tuple(dense)
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.pooling = pooling
+        self.labels = {t: list(labels[t]) for t in TRAITS}
+        self.profiler_version = profiler_version or __version__
+
+    def get_config(self) -> dict:
+        return {"variant": self.variant, "p": self.p, "height": self.height, "width": self.width,
+                "filters": list(self.filters), "dense": list(self.dense), "dropout": self.dropout,
+                "batch_norm": self.batch_norm, "pooling": self.pooling, "labels": self.labels,
+                "profiler_version": self.profiler_version, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Cnn3dProfiler":
+        config = dict(config)
+        for key in ("filters", "dense"):
+            config[key] = tuple(config[key])
+        return cls(**config)

@@ -1,0 +1,46 @@
+"""Saving and loading models as single ``.keras`` files (safe mode on load)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_prep.errors import DataError
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Save ``model`` to ``path`` (a ``.keras`` file) atomically."""
+    from data_prep.io import atomic_path
+
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"model files end in .keras, not {path.suffix!r}")
+    with atomic_path(path) as tmp:
+        keras_tmp = tmp.with_suffix(".keras")
+        model.save(keras_tmp)
+        keras_tmp.replace(tmp)
+    return path
+
+
+def load_model(path: str | Path, *, compile: bool = False):
+    """Load a ``.keras`` model saved by profiler, in Keras' safe mode.
+
+    ``compile=False`` (the default) also loads files saved under another backend.
+    """
+    import keras
+
+    import profiler.models  # noqa: F401  (registers the serializable classes)
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise DataError(f"{path}: not a loadable profiler model ({type(exc).__name__}: {exc})") from exc
+
+
+def model_info(model) -> dict:
+    """What a saved model needs at prediction time: input shape, labels, version."""
+    config = model.get_config()
+    return {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
+            "width": config.get("width"), "labels": config.get("labels"),
+            "profiler_version": config.get("profiler_version")}

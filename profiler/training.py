@@ -1,0 +1,401 @@
+"""Training a profiler model on a prepared cache: one code path for every model.
+
+- **Data**: a ``tf.data`` pipeline over the memory-mapped cache, batched and prefetched
+  so the model does not wait. Each epoch's order, image choice and flips come from a
+  random stream seeded by ``(seed, epoch)`` alone, so an epoch is the same whether the
+  run was interrupted or not.
+- **Loss**: categorical cross-entropy summed over the three heads (the paper's Eq. 1),
+  computed from integer labels (``sparse_categorical_crossentropy``: the same value),
+  with optional per-head weights and "balanced" per-class sample weights per head.
+- **Validation**: a stratified share of the users (by occupation, the most skewed trait).
+  After each epoch the model predicts it once; the checkpoint kept (``model.keras``) is
+  the one with the best mean macro-F over the three traits, computed with the
+  evaluator's functions, not the best loss. Early stopping watches the same number.
+- **Resume**: Keras' ``BackupAndRestore`` keeps the weights and optimizer state of the
+  last finished epoch; the callback's own state (history, best score, patience) is
+  saved beside it. A run killed mid-epoch restarts that epoch on ``--resume`` and ends
+  with the same weights as an uninterrupted run.
+- **Determinism**: every seed is set (``keras.utils.set_random_seed``) and TensorFlow's
+  op determinism is enabled.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_prep.cache import Cache
+from data_prep.errors import DataError
+from data_prep.io import atomic_write_text
+from data_prep.labels import LABELS, TRAITS
+from profiler.config import TrainConfig
+
+STATE_FILE = "train_state.json"
+BACKUP_DIR = "backup"
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def split_indices(cache: Cache, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation user positions, stratified by occupation where possible."""
+    from sklearn.model_selection import train_test_split
+
+    positions = np.arange(len(cache))
+    if len(cache) < 4:
+        raise DataError(f"{cache.root}: {len(cache)} users are too few to train (need at least 4)")
+    strata = cache.labels("occupation")
+    counts = np.bincount(strata)
+    n_val = max(1, int(round(len(cache) * val_share)))
+    stratify = strata if counts[counts > 0].min() >= 2 and n_val >= len(np.unique(strata)) else None
+    train, val = train_test_split(positions, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(val)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """"Balanced" weights n / (k * count) per class (k: classes present), 0 for absent ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+class EpochData:
+    """Batches of one epoch, drawn from the cache by a stream seeded by (seed, epoch)."""
+
+    def __init__(self, cache: Cache, positions: np.ndarray, config: TrainConfig, *, train: bool):
+        self.cache = cache
+        self.positions = positions
+        self.config = config
+        self.train = train
+        self.start_epoch = 0
+        self.calls = 0
+        self.labels = {t: cache.labels(t) for t in TRAITS}
+        self.weights = {t: np.ones(len(cache), np.float32) for t in TRAITS}
+        if config.class_weight == "balanced":
+            for t in TRAITS:
+                per_class = class_weights(self.labels[t][positions], len(LABELS[t]))
+                self.weights[t] = per_class[self.labels[t]].astype(np.float32)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.positions) / self.config.batch_size)
+
+    def volumes(self, chosen: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        p = self.config.p
+        sample = rng if (self.train and self.config.sample_images) else None
+        batch = np.stack([self.cache.volume(int(i), p, rng=sample) for i in chosen])
+        if self.train and self.config.flip:
+            flips = rng.random(batch.shape[:2]) < 0.5
+            batch[flips] = batch[flips][:, :, ::-1]
+        return batch
+
+    def restart(self, epoch: int) -> None:
+        """The next call of ``batches`` draws epoch ``epoch`` (0-based)."""
+        self.start_epoch, self.calls = epoch, 0
+
+    def batches(self):
+        """Yield ``(volumes, labels, sample_weights)`` of the next epoch.
+
+        Each call is one epoch, in order: Keras creates the next epoch's iterator (and
+        tf.data starts prefetching it) before the epoch's callbacks run, so the epoch
+        number is counted here rather than set from a callback.
+        """
+        epoch = self.start_epoch + self.calls
+        self.calls += 1
+        rng = np.random.default_rng([self.config.seed, epoch]) if self.train else None
+        order = rng.permutation(self.positions) if self.train else self.positions
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            chosen = order[start:start + size]
+            x = self.volumes(chosen, rng)
+            y = {t: self.labels[t][chosen] for t in TRAITS}
+            w = {t: self.weights[t][chosen] for t in TRAITS}
+            yield x, y, w
+
+    def dataset(self):
+        """The batches as a prefetched ``tf.data.Dataset`` (re-drawn on each iteration)."""
+        import tensorflow as tf
+
+        c, (h, w) = self.config, self.cache.image_size
+        signature = (
+            tf.TensorSpec((None, c.p, h, w, 3), tf.uint8),
+            {t: tf.TensorSpec((None,), tf.int64) for t in TRAITS},
+            {t: tf.TensorSpec((None,), tf.float32) for t in TRAITS},
+        )
+        data = tf.data.Dataset.from_generator(self.batches, output_signature=signature)
+        data = data.apply(tf.data.experimental.assert_cardinality(len(self)))
+        return data.prefetch(tf.data.AUTOTUNE)
+
+
+# --- model and optimiser ---------------------------------------------------------------
+
+
+def build_model(config: TrainConfig, image_size: tuple[int, int]):
+    """The model named by ``config.model``, for volumes of ``config.p`` images of ``image_size``."""
+    from profiler.models import Cnn3dProfiler
+
+    h, w = image_size
+    return Cnn3dProfiler(config.model, p=config.p, height=h, width=w,
+                         filters=tuple(config.filters) if config.filters else None,
+                         dense=tuple(config.dense), dropout=config.dropout,
+                         batch_norm=config.batch_norm, pooling=config.pooling)
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The learning rate or schedule: constant, inverse-time (Keras 2 'decay') or cosine."""
+    import keras
+
+    if config.schedule == "inverse_time":
+        return keras.optimizers.schedules.InverseTimeDecay(
+            config.learning_rate, decay_steps=1, decay_rate=config.decay)
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.01)
+    return config.learning_rate
+
+
+def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
+    import keras
+
+    lr = learning_rate(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(lr)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay or 1e-4)
+    else:
+        optimizer = keras.optimizers.SGD(lr, momentum=0.9)
+    model.compile(
+        optimizer=optimizer,
+        loss={t: "sparse_categorical_crossentropy" for t in TRAITS},
+        loss_weights=dict(config.head_weights),
+        metrics={t: ["sparse_categorical_accuracy"] for t in TRAITS},
+    )
+
+
+# --- validation callback ---------------------------------------------------------------
+
+
+def _callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+def make_validation_callback(val: EpochData, run_dir: Path, config: TrainConfig, resume: bool,
+                             progress: bool):
+    """The callback that scores validation, checkpoints the best model and stops early."""
+    from profiler.evaluation import trait_scores
+    from profiler.models.io import save_model
+
+    class ValidationCheckpoint(_callback_base()):
+        def __init__(self):
+            super().__init__()
+            state_path = run_dir / STATE_FILE
+            self.state = {"history": {}, "best": -1.0, "best_epoch": None, "wait": 0, "done": False}
+            if resume and state_path.is_file():
+                self.state = json.loads(state_path.read_text())
+            self.started = None
+            self.train_users = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            seconds = time.perf_counter() - self.started
+            probs = {t: [] for t in TRAITS}
+            for x, _, _ in val.batches():
+                out = self.model(x, training=False)
+                for t in TRAITS:
+                    probs[t].append(np.asarray(out[t]))
+            row = {"epoch": epoch + 1, "seconds": seconds, "loss": float(logs.get("loss", np.nan))}
+            val_loss = 0.0
+            fs = []
+            for t in TRAITS:
+                p = np.concatenate(probs[t])
+                truth = val.labels[t][val.positions]
+                loss_t = float(-np.mean(np.log(np.clip(p[np.arange(len(truth)), truth], 1e-7, 1))))
+                scores = trait_scores(truth, p.argmax(axis=1), t)
+                row[f"loss_{t}"] = float(logs.get(f"{t}_loss", np.nan))
+                row[f"val_loss_{t}"] = loss_t
+                row[f"val_macro_f_{t}"] = scores["F"]
+                row[f"val_acc_{t}"] = scores["Acc"]
+                val_loss += config.head_weights[t] * loss_t
+                fs.append(scores["F"])
+            row["val_loss"] = val_loss
+            row["val_mean_macro_f"] = float(np.mean(fs))
+            logs.update({k: v for k, v in row.items() if k != "epoch"})
+            improved = row["val_mean_macro_f"] > self.state["best"]
+            if improved:
+                self.state.update(best=row["val_mean_macro_f"], best_epoch=epoch + 1, wait=0)
+                save_model(self.model, run_dir / "model.keras")
+            else:
+                self.state["wait"] += 1
+            self.state["history"][str(epoch + 1)] = row
+            # by position: Keras numbers the generators' names per process
+            self.state.setdefault("seed_states", {})[str(epoch + 1)] = [
+                np.asarray(v).tolist() for v in _seed_variables(self.model)]
+            for old in [k for k in self.state["seed_states"] if int(k) < epoch]:
+                del self.state["seed_states"][old]
+            self._write_history()
+            atomic_write_text(run_dir / STATE_FILE, json.dumps(self.state) + "\n")
+            if progress:
+                line = (f"epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  val loss "
+                        f"{val_loss:.3f}  val macro-F " + " ".join(
+                            f"{t[:3]} {row[f'val_macro_f_{t}']:.3f}" for t in TRAITS)
+                        + f"  mean {row['val_mean_macro_f']:.3f}{'  *best' if improved else ''}"
+                        f"  {seconds:.1f} s")
+                print(line, file=sys.stderr, flush=True)
+            if config.patience and self.state["wait"] >= config.patience:
+                self.model.stop_training = True
+
+        def restore_seed_states(self, epochs_done: int) -> None:
+            """Put the dropout RNG states back as they were after ``epochs_done`` epochs.
+
+            ``BackupAndRestore`` restores weights and optimizer, but Keras keeps the random
+            generators' states outside the saved weights.
+            """
+            saved = self.state.get("seed_states", {}).get(str(epochs_done))
+            if epochs_done and saved is None:
+                raise DataError(f"{run_dir}: no random-generator state saved for epoch "
+                                f"{epochs_done}; cannot resume exactly")
+            for v, value in zip(_seed_variables(self.model), saved or []):
+                v.assign(np.asarray(value, dtype=v.dtype))
+
+        def _write_history(self):
+            rows = [self.state["history"][k] for k in sorted(self.state["history"], key=int)]
+            atomic_write_text(run_dir / "history.csv", pd.DataFrame(rows).to_csv(index=False))
+
+    return ValidationCheckpoint()
+
+
+def _seed_variables(model):
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def make_start_epoch(data: EpochData, validation):
+    """A callback that starts the data (and the RNG states) at the epoch training starts from.
+
+    It must come after ``BackupAndRestore``, whose ``on_train_begin`` restores that epoch.
+    """
+
+    class StartEpoch(_callback_base()):
+        def on_train_begin(self, logs=None):
+            epoch = int(getattr(self.model, "_initial_epoch", 0) or 0)
+            data.restart(epoch)
+            validation.restore_seed_states(epoch)
+
+    return StartEpoch()
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and the backend; make TensorFlow's ops deterministic."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def train(cache: Cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
+          progress: bool = True, interrupt_after_batches: int | None = None) -> dict:
+    """Train one model on ``cache`` into ``run_dir``; return the summary.
+
+    ``interrupt_after_batches`` (for tests) raises ``KeyboardInterrupt`` after that many
+    training batches, as a kill would.
+    """
+    from profiler.backend import import_keras
+
+    keras = import_keras()
+
+    run_dir = Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    if state_path.is_file() and not resume:
+        raise DataError(f"{run_dir}: a training run is already here; use --resume to continue "
+                        "it, or another --out")
+    if resume and state_path.is_file() and json.loads(state_path.read_text()).get("done"):
+        raise DataError(f"{run_dir}: this run has already finished")
+    if not cache.has_truth:
+        raise DataError(f"{cache.root}: training needs a dataset with a truth file")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
+    set_determinism(config.seed)
+    train_pos, val_pos = split_indices(cache, config.val_share, config.seed)
+    train_data = EpochData(cache, train_pos, config, train=True)
+    val_data = EpochData(cache, val_pos, config, train=False)
+    model = build_model(config, cache.image_size)
+    compile_model(model, config, len(train_data))
+    validation = make_validation_callback(val_data, run_dir, config, resume, progress)
+    # Order matters: validation saves its state before the backup of the same epoch, so a
+    # kill between the two re-runs that epoch (deterministically) rather than losing it.
+    callbacks = [validation,
+                 keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True),
+                 make_start_epoch(train_data, validation)]
+    if interrupt_after_batches is not None:
+        callbacks.append(_Interrupt(interrupt_after_batches))
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
+        model.fit(train_data.dataset(), epochs=config.epochs, callbacks=callbacks, shuffle=False,
+                  verbose=1 if progress and sys.stderr.isatty() else 0)
+    elapsed = time.perf_counter() - start
+    from profiler.models.io import save_model
+
+    save_model(model, run_dir / "last.keras")
+    state = validation.state
+    state["done"] = True
+    atomic_write_text(state_path, json.dumps(state) + "\n")
+    summary = _summary(run_dir, config, state, model, len(train_pos), len(val_pos), elapsed)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    from profiler.plots import training_curves
+
+    training_curves(run_dir / "history.csv", run_dir / "curves.png", title=f"{config.model} ({config.preset})")
+    shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    return summary
+
+
+def _Interrupt(after: int):
+    class Interrupt(_callback_base()):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.count += 1
+            if self.count >= after:
+                raise KeyboardInterrupt
+
+    return Interrupt()
+
+
+def _summary(run_dir: Path, config: TrainConfig, state: dict, model, n_train: int, n_val: int,
+             elapsed: float) -> dict:
+    rows = [state["history"][k] for k in sorted(state["history"], key=int)]
+    best = state["history"][str(state["best_epoch"])]
+    seconds = [r["seconds"] for r in rows]
+    from profiler.models.flops import flops_per_user
+
+    return {
+        "model": config.model, "preset": config.preset, "epochs_run": len(rows),
+        "best_epoch": state["best_epoch"],
+        "validation": {t: {"macro_f": best[f"val_macro_f_{t}"], "accuracy": best[f"val_acc_{t}"]}
+                       for t in TRAITS} | {"mean_macro_f": best["val_mean_macro_f"]},
+        "train_users": n_train, "val_users": n_val,
+        "seconds_per_epoch": float(np.median(seconds)),
+        "train_users_per_second": float(n_train / np.median(seconds)),
+        "wall_seconds_this_session": elapsed,
+        "parameters": int(model.count_params()),
+        "flops_per_user": flops_per_user(model),
+    }

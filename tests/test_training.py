@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import main
+from data_prep.cache import PrepareConfig, prepare
+from data_prep.errors import DataError
+from data_prep.labels import LABELS
+from profiler.config import resolve
+from profiler.models import load_model
+from profiler.training import class_weights, split_indices, train
+from tests.helpers import make_dataset
+
+TINY = ["--set", "filters=[4,4,4,4]", "--set", "dense=[8]", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_dataset(root / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
+    return prepare(root / "d", root / "cache", config=PrepareConfig(height=16, width=16),
+                   workers=1, progress=False)
+
+
+def tiny(**overrides):
+    base = {"filters": [4, 4, 4, 4], "dense": [8], "batch_size": 4, "epochs": 3}
+    return resolve("default", overrides={**base, **overrides})
+
+
+def test_cli_run_directory_has_every_file(cache, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(out), "--epochs", "2", "-q",
+                                       *TINY])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "curves.png", "history.csv", "last.keras", "model.keras", "summary.json",
+        "train_state.json"]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["epochs_run"] == 2 and summary["train_users"] + summary["val_users"] == 24
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert json.loads((out / "config.json").read_text())["filters"] == [4, 4, 4, 4]
+    again = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(out), "--epochs", "2", *TINY])
+    assert again.exit_code == 1 and "a training run is already here; use --resume" in again.output
+
+
+def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
+    config = tiny()
+    train(cache, tmp_path / "whole", config, progress=False)
+    steps = 5  # 20 training users in batches of 4: interrupt in the middle of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train(cache, tmp_path / "cut", config, progress=False, interrupt_after_batches=steps + 2)
+    assert (tmp_path / "cut" / "backup").is_dir()
+    train(cache, tmp_path / "cut", config, progress=False, resume=True)
+    whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    cut = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(whole, cut)
+    a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / "cut" / "last.keras")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert np.array_equal(wa, wb)
+    with pytest.raises(DataError, match="already finished"):
+        train(cache, tmp_path / "cut", config, progress=False, resume=True)
+
+
+def test_unknown_setting_suggests(cache, tmp_path):
+    result = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(tmp_path / "r"),
+                                       "--set", "learning_rat=0.1"])
+    assert result.exit_code == 1
+    assert "command line: unknown setting 'learning_rat' (did you mean 'learning_rate'?)" in result.output
+
+
+def test_paper_preset_reads_decay_as_keras2_inverse_time():
+    from profiler.training import learning_rate
+
+    config = resolve("paper")
+    assert (config.learning_rate, config.decay, config.epochs, config.batch_size) == (0.05, 0.7, 100, 13)
+    schedule = learning_rate(config, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(0.05)
+    assert float(schedule(10)) == pytest.approx(0.05 / (1 + 0.7 * 10))
+
+
+def test_config_file_and_validation(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('learning_rate = 0.01\nhead_weights = {gender = 2.0, location = 1.0, occupation = 1.0}\n')
+    config = resolve("default", file=path)
+    assert config.learning_rate == 0.01 and config.head_weights["gender"] == 2.0
+    with pytest.raises(DataError, match="unknown preset 'papr' \\(did you mean 'paper'\\?\\)"):
+        resolve("papr")
+    with pytest.raises(DataError, match="epochs must be at least 1"):
+        resolve("default", overrides={"epochs": 0})
+
+
+def test_balanced_class_weights_by_hand():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+
+
+def test_validation_split_is_stratified(cache):
+    train_pos, val_pos = split_indices(cache, 0.25, seed=0)
+    assert len(train_pos) == 18 and len(val_pos) == 6 and not set(train_pos) & set(val_pos)
+
+
+@pytest.mark.slow
+def test_learns_a_learnable_dataset(tmp_path):
+    """Images whose colour tells the gender and location: training must beat the majority."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "d"
+    lines = []
+    for u in range(96):
+        g, l = u % 2, (u // 2) % 3
+        folder = root / "images" / f"u{u:03d}"
+        folder.mkdir(parents=True)
+        for j in range(4):
+            pixels = rng.integers(0, 40, (16, 16, 3))
+            pixels[..., 0] += 200 * g
+            pixels[..., 1] += 100 * l
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{j}.png")
+        lines.append(f"u{u:03d}:::{LABELS['gender'][g]}:::{LABELS['location'][l]}:::student")
+    (root / "truth.txt").write_text("\n".join(lines) + "\n")
+    cache = prepare(root, tmp_path / "c", config=PrepareConfig(height=16, width=16), workers=1,
+                    progress=False)
+    summary = train(cache, tmp_path / "run", resolve("default", overrides={
+        "filters": [8, 8, 8, 8], "dense": [16], "batch_size": 8, "epochs": 12, "val_share": 0.25,
+        "learning_rate": 3e-3}), progress=False)
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    # majority macro-F: gender 1/2 * 2/3 = 0.33, location 1/3 * 1/2 = 0.17
+    assert summary["validation"]["gender"]["macro_f"] > 0.6
+    assert summary["validation"]["location"]["macro_f"] > 0.4
