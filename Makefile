@@ -21,7 +21,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	@echo "make demo: not yet available (the sample data, training and scoring stages are still to land)"
+	$(BIN)/profiler demo --out results
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

@@ -88,6 +88,8 @@ def main(verbose: int) -> None:
 
 
 # The commands register themselves on ``main``.
+from cli import evaluate as _evaluate  # noqa: E402,F401
+from cli import predict as _predict  # noqa: E402,F401
 from cli import prepare as _prepare  # noqa: E402,F401
 from cli import sample_data as _sample_data  # noqa: E402,F401
 from cli import train as _train  # noqa: E402,F401

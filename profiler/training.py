@@ -146,7 +146,7 @@ def build_model(config: TrainConfig, image_size: tuple[int, int]):
     return Cnn3dProfiler(config.model, p=config.p, height=h, width=w,
                          filters=tuple(config.filters) if config.filters else None,
                          dense=tuple(config.dense), dropout=config.dropout,
-                         batch_norm=config.batch_norm, pooling=config.pooling)
+                         batch_norm=config.batch_norm, pooling=config.pooling, image_fit=config.fit)
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):

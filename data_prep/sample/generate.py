@@ -154,9 +154,13 @@ def generate(out: str | Path, config: SampleConfig = SampleConfig(), *, workers:
 def _write_index(root: Path, config: SampleConfig, records: list[dict], ceiling_users: int) -> dict:
     process = _process(config.process)
     for split in SPLITS:
-        lines = [":::".join([r["user_id"], *(r["labels"][t] for t in TRAITS)])
-                 for r in records if r["split"] == split]
+        users = [r for r in records if r["split"] == split]
+        lines = [":::".join([r["user_id"], *(r["labels"][t] for t in TRAITS)]) for r in users]
         (root / split / "truth.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # what a perfect reader of the images would predict: a submission like any other
+        bayes = process.bayes_predictions(users)
+        lines = [":::".join([r["user_id"], *(bayes[t][i] for t in TRAITS)]) for i, r in enumerate(users)]
+        (root / f"bayes_rule_{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     manifest = pd.DataFrame([{"split": r["split"], "user_id": r["user_id"], **f}
                              for r in records for f in r["files"]])
     manifest.to_csv(root / "manifest.csv", index=False)

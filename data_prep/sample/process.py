@@ -137,6 +137,12 @@ class Process:
         return {"gender": joint.sum(axis=(2, 3)), "location": joint.sum(axis=(1, 3)),
                 "occupation": joint.sum(axis=(1, 2))}
 
+    def bayes_predictions(self, users: list[dict]) -> dict[str, list[str]]:
+        """The Bayes rule's predicted label per trait for each user (readable images only)."""
+        readable = [[i for i, b in zip(u["items"], u["broken"]) if not b] for u in users]
+        margins = self.marginals(self.posterior(readable))
+        return {t: [LABELS[t][k] for k in margins[t].argmax(axis=1)] for t in TRAITS}
+
     def bayes_scores(self, users: list[dict]) -> dict:
         """The Bayes rule's accuracy and macro-F per trait on these users (readable images only).
 

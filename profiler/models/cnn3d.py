@@ -80,7 +80,8 @@ class Cnn3dProfiler(keras.Model):
     def __init__(self, variant: str = "model1", p: int = 11, height: int = 64, width: int = 64,
                  filters: tuple[int, ...] | None = None, dense: tuple[int, ...] = (256,),
                  dropout: float = 0.5, batch_norm: bool = True, pooling: str = "avg",
-                 labels: dict | None = None, profiler_version: str | None = None, **kwargs):
+                 image_fit: str = "pad", labels: dict | None = None,
+                 profiler_version: str | None = None, **kwargs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         labels = labels or label_space()
@@ -103,13 +104,15 @@ class Cnn3dProfiler(keras.Model):
         self.dropout = dropout
         self.batch_norm = batch_norm
         self.pooling = pooling
+        self.image_fit = image_fit  # how images were resized for it (pad/crop); predict uses it
         self.labels = {t: list(labels[t]) for t in TRAITS}
         self.profiler_version = profiler_version or __version__
 
     def get_config(self) -> dict:
         return {"variant": self.variant, "p": self.p, "height": self.height, "width": self.width,
                 "filters": list(self.filters), "dense": list(self.dense), "dropout": self.dropout,
-                "batch_norm": self.batch_norm, "pooling": self.pooling, "labels": self.labels,
+                "batch_norm": self.batch_norm, "pooling": self.pooling, "image_fit": self.image_fit,
+                "labels": self.labels,
                 "profiler_version": self.profiler_version, "name": self.name}
 
     @classmethod

