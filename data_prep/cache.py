@@ -114,18 +114,28 @@ def _decode_job(args: tuple[User, PrepareConfig]) -> DecodedUser:
     return decode_user(*args)
 
 
-def decode_users(users: list[User], config: PrepareConfig, *, workers: int = 1):
-    """Yield ``DecodedUser`` for each user, in order, decoding in ``workers`` processes."""
+def decoding_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool for ``decode_users``, to reuse across many calls."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method()))
+
+
+def decode_users(users: list[User], config: PrepareConfig, *, workers: int = 1,
+                 pool: ProcessPoolExecutor | None = None):
+    """Yield ``DecodedUser`` for each user, in order, decoding in ``workers`` processes.
+
+    Pass ``pool`` (``decoding_pool``) to reuse worker processes across calls.
+    """
     jobs = ((u, config) for u in users)
-    if workers <= 1 or len(users) < 2:
-        yield from map(_decode_job, jobs)
-        return
-    context = multiprocessing.get_context(_start_method())
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    if pool is not None and len(users) > 1:
         yield from pool.map(_decode_job, jobs, chunksize=4)
+    elif workers <= 1 or len(users) < 2:
+        yield from map(_decode_job, jobs)
+    else:
+        with decoding_pool(workers) as own:
+            yield from own.map(_decode_job, jobs, chunksize=4)
 
 
-def _start_method() -> str:
+def start_method() -> str:
     """"fork" (fast start) unless the parent runs TensorFlow's threads, which must not be forked."""
     if "fork" in multiprocessing.get_all_start_methods() and not any(
         name in sys.modules for name in ("tensorflow", "jax", "torch")

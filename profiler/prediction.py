@@ -18,6 +18,7 @@ so a user's probabilities are the same whatever batch size the caller chose.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import zlib
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_prep.cache import DecodedUser, PrepareConfig, decode_users
+from data_prep.cache import DecodedUser, PrepareConfig, decode_users, decoding_pool
 from data_prep.dataset import User, discover_users
 from data_prep.labels import TRAITS
 from data_prep.volumes import select_indices
@@ -128,10 +129,12 @@ def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int
     bar = tqdm(total=len(users), unit="user", desc="profiling", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
 
-    def decode(batch):
-        return list(decode_users(batch, config, workers=workers))
+    pool = decoding_pool(workers) if workers > 1 and len(users) > batch_size else None
 
-    with ThreadPoolExecutor(max_workers=1) as background:
+    def decode(batch):
+        return list(decode_users(batch, config, workers=workers, pool=pool))
+
+    with ThreadPoolExecutor(max_workers=1) as background, (pool or contextlib.nullcontext()):
         pending = background.submit(decode, batches[0]) if batches else None
         for k, batch in enumerate(batches):
             decoded = pending.result()

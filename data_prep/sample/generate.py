@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from data_prep.cache import start_method
 from data_prep.errors import DataError
 from data_prep.io import atomic_dir
 from data_prep.labels import TRAITS
@@ -136,8 +137,7 @@ def generate(out: str | Path, config: SampleConfig = SampleConfig(), *, workers:
                    disable=not progress, dynamic_ncols=True)
         args = ((tmp, config, split, i) for split, i in jobs)
         if workers > 1:
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                              and "tensorflow" not in sys.modules else "spawn")
+            ctx = multiprocessing.get_context(start_method())
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 for record in pool.map(_job, args, chunksize=8):
                     records.append(record)
