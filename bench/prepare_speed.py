@@ -31,8 +31,8 @@ def main() -> None:
     for draft in (True, False):
         for workers in (1, 2):
             config = PrepareConfig(height=args.size, width=args.size, draft=draft)
-            t = repeat(lambda: prepare(root, out / "c", config=config, workers=workers,
-                                       force=True, progress=False), args.runs)
+            t = repeat(lambda c=config, w=workers: prepare(root, out / "c", config=c, workers=w,
+                                                           force=True, progress=False), args.runs)
             lines.append(f"| {workers} | {'on' if draft else 'off'} | {args.users / t['median_s']:.0f} | "
                          f"{t['median_s']:.2f} | {t['min_s']:.2f}-{t['max_s']:.2f} |")
             print(lines[-1], flush=True)

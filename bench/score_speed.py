@@ -49,7 +49,7 @@ def main() -> None:
     render({"sub": result})
     t4 = time.perf_counter()
     lines = [f"machine: {machine()}", "",
-             f"| users | read truth s | read + validate submission s | score s | render s | total s |",
+             "| users | read truth s | read + validate submission s | score s | render s | total s |",
              "|---|---|---|---|---|---|",
              f"| {args.users:,} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} | {t4 - t3:.3f} | {t4 - t0:.2f} |"]
     print("\n".join(lines))

@@ -77,7 +77,7 @@ def load_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(path, f"refused as a possible decompression bomb: {exc}") from exc
     except UnidentifiedImageError:
-        raise ImageError(path, f"not an image in a supported format ({', '.join(FORMATS)})")
+        raise ImageError(path, f"not an image in a supported format ({', '.join(FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason:

@@ -173,7 +173,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     timings["prepare_s"] = time.perf_counter() - t
     submissions = {}
     summaries = {}
-    for k, name in enumerate(("model1", "model2"), 1):
+    for name in ("model1", "model2"):
         run_dir = runs / name
         config = resolve("default", overrides={"model": name, "epochs": epochs, "seed": seed,
                                                "size": size})

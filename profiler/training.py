@@ -330,6 +330,12 @@ def train(cache: Cache, run_dir: str | Path, config: TrainConfig, *, resume: boo
         raise DataError(f"{run_dir}: this run has already finished")
     if not cache.has_truth:
         raise DataError(f"{cache.root}: training needs a dataset with a truth file")
+    h, w = cache.image_size
+    if (config.size, config.size) != (h, w) or config.fit != cache.meta["config"]["fit"]:
+        # the cache decides the images; record what was really used
+        import dataclasses
+
+        config = dataclasses.replace(config, size=h, fit=cache.meta["config"]["fit"])
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
     set_determinism(config.seed)

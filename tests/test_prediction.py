@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from cli.main import main
 from profiler.models import Cnn3dProfiler, save_model
 from profiler.prediction import predict_users
-from tests.helpers import make_dataset, save, solid, truncated_jpeg
+from tests.helpers import make_dataset, truncated_jpeg
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def test_cli_run_directory_has_every_file(cache, tmp_path):
     assert summary["epochs_run"] == 2 and summary["train_users"] + summary["val_users"] == 24
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
-    assert json.loads((out / "config.json").read_text())["filters"] == [4, 4, 4, 4]
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["filters"] == [4, 4, 4, 4] and recorded["size"] == 16  # the cache's size
     again = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(out), "--epochs", "2", *TINY])
     assert again.exit_code == 1 and "a training run is already here; use --resume" in again.output
 
