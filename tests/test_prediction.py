@@ -75,6 +75,12 @@ def test_same_results_whatever_the_batch_size(setup):
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
+def test_package_level_api():
+    import profiler
+
+    assert profiler.predict_users is predict_users
+
+
 def test_tta_is_seeded_and_per_user(setup):
     _, data, model = setup
     a = predict_users([data / "images" / "c", data / "images" / "a"], model, tta=4, seed=1)
