@@ -23,6 +23,7 @@ def evaluate(run, dataset, out, workers, quiet):
 
     Example:
 
+    \b
         profiler evaluate runs/demo/model1 data/sample/test
     """
     from profiler.pipeline import evaluate_run
@@ -55,6 +56,7 @@ def demo(out, data, runs, users, epochs, size, seed, workers, quiet):
 
     Example:
 
+    \b
         profiler demo --out results
     """
     from profiler.pipeline import demo as run_demo

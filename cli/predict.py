@@ -41,6 +41,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, quie
 
     Example:
 
+    \b
         profiler predict data/sample/test --model runs/demo/model1/model.keras --format submission -o model1.txt
     """
     from data_prep.cache import default_workers

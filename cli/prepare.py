@@ -31,6 +31,7 @@ def prepare(dataset, out, size, fit, max_images, workers, no_draft, allow_missin
 
     Example:
 
+    \b
         profiler prepare data/sample/train --out cache/train --size 64
     """
     from data_prep.cache import PrepareConfig

@@ -34,6 +34,7 @@ def sample_data(out, users, seed, test_share, signal, workers, contact_sheet, fo
 
     Example:
 
+    \b
         profiler sample-data data/sample --users 1000 --seed 0
     """
     from data_prep.cache import default_workers

@@ -45,6 +45,7 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
 
     Example:
 
+    \b
         profiler score --truth data/sample/test model1.txt model2.txt --with-paper --baselines
     """
     from profiler import evaluation

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli.main import Choice, main
+from profiler.config import field_names
 
 
 def parse_sets(values: tuple[str, ...]) -> dict:
@@ -44,7 +45,8 @@ def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_i
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON or TOML file of settings (any TrainConfig field).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override one setting, e.g. --set learning_rate=3e-4 --set filters=[16,32,64,128].")
+              help="Override one setting, e.g. --set learning_rate=3e-4 --set filters=[16,32,64,128]. "
+                   "Settings: " + ", ".join(field_names()) + ".")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the preset's epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the preset's batch size.")
 @click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
@@ -67,6 +69,7 @@ def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed,
 
     Example:
 
+    \b
         profiler train data/sample/train --model both --out runs/demo --epochs 20
     """
     from profiler.config import resolve

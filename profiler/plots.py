@@ -77,8 +77,12 @@ def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size
     return save_figure(fig, path)
 
 
-def training_curves(history_csv: str | Path, path: str | Path, *, title: str) -> Path:
-    """Loss (train and validation) and validation macro-F per head, by epoch."""
+def training_curves(history_csv: str | Path, path: str | Path, *, title: str,
+                    weighted: bool = False) -> Path:
+    """Loss (train and validation) and validation macro-F per head, by epoch.
+
+    ``weighted``: the training loss carries class weights (the validation loss never does).
+    """
     import pandas as pd
 
     from data_prep.labels import TRAITS
@@ -88,7 +92,8 @@ def training_curves(history_csv: str | Path, path: str | Path, *, title: str) ->
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = history["epoch"]
     for trait in TRAITS:
-        line, = left.plot(epochs, history[f"loss_{trait}"], label=f"{trait} train")
+        line, = left.plot(epochs, history[f"loss_{trait}"],
+                          label=f"{trait} train" + (" (class-weighted)" if weighted else ""))
         left.plot(epochs, history[f"val_loss_{trait}"], "--", color=line.get_color(), label=f"{trait} val")
         right.plot(epochs, history[f"val_macro_f_{trait}"], label=trait)
     right.plot(epochs, history["val_mean_macro_f"], "k-", linewidth=2, label="mean")

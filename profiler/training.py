@@ -367,7 +367,8 @@ def train(cache: Cache, run_dir: str | Path, config: TrainConfig, *, resume: boo
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     from profiler.plots import training_curves
 
-    training_curves(run_dir / "history.csv", run_dir / "curves.png", title=f"{config.model} ({config.preset})")
+    training_curves(run_dir / "history.csv", run_dir / "curves.png", title=f"{config.model} ({config.preset})",
+                    weighted=config.class_weight != "none")
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     return summary
 
