@@ -27,6 +27,11 @@ def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_i
 
     if (source / "meta.json").is_file():
         return Cache.open(source)
+    from data_prep.dataset import find_truth
+    from data_prep.errors import DataError
+
+    if find_truth(source) is None:
+        raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
     config = PrepareConfig(height=size, width=size, fit=fit, max_images=max_images)
     cache = prepare(source, cache_dir, config=config, workers=workers,
                     missing="warn" if allow_missing else "error", progress=progress)

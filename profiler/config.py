@@ -26,6 +26,8 @@ from data_prep.errors import DataError
 from data_prep.labels import TRAITS, suggest
 
 MODELS = ("model1", "model2")
+#: convolutions per model (``filters`` needs one count each; see profiler.models.cnn3d)
+CONVOLUTIONS = {"model1": 4, "model2": 7}
 SCHEDULES = ("constant", "inverse_time", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -79,6 +81,10 @@ class TrainConfig:
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.p >= 1 and self.size >= 8, "p must be at least 1 and size at least 8"),
             (set(self.head_weights) == set(TRAITS), f"head_weights needs exactly the keys {TRAITS}"),
+            (self.filters is None or (isinstance(self.filters, list)
+                                      and len(self.filters) == CONVOLUTIONS.get(self.model)),
+             f"filters needs {CONVOLUTIONS.get(self.model)} counts for {self.model} "
+             f"(one per convolution), not {self.filters!r}"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -93,6 +93,22 @@ def test_config_file_and_validation(tmp_path):
         resolve("papr")
     with pytest.raises(DataError, match="epochs must be at least 1"):
         resolve("default", overrides={"epochs": 0})
+    with pytest.raises(DataError, match=r"filters needs 7 counts for model2 \(one per convolution\), not \[4, 4\]"):
+        resolve("default", overrides={"model": "model2", "filters": "[4,4]"})
+
+
+def test_convolution_counts_agree_with_the_models():
+    from profiler.config import CONVOLUTIONS
+    from profiler.models.cnn3d import DEFAULT_FILTERS
+
+    assert {v: len(f) for v, f in DEFAULT_FILTERS.items()} == CONVOLUTIONS
+
+
+def test_training_needs_truth(tmp_path):
+    root = make_dataset(tmp_path / "d", {"a": 1, "b": 1}, truth=None)
+    result = CliRunner().invoke(main, ["train", str(root), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "no truth.txt, truth.csv or truth.jsonl; training needs labels" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_balanced_class_weights_by_hand():
