@@ -74,10 +74,8 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
                                       bootstrap=bootstrap, seed=seed)
                for name, preds in runs.items()}
     if baselines:
-        for name, preds in evaluation.baselines(table, seed=seed).items():
-            results[name] = evaluation.score(table, preds, average=average, f_measure=f_measure,
-                                             bootstrap=bootstrap, seed=seed)
-            results[name]["source"] = evaluation.BASELINE_SOURCE
+        results.update(evaluation.score_baselines(table, seed=seed, average=average,
+                                                  f_measure=f_measure, bootstrap=bootstrap))
     from profiler.reports import render
 
     write_output(render(results, fmt=fmt, with_paper=with_paper), output)

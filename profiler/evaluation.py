@@ -235,6 +235,15 @@ def baselines(truth: pd.DataFrame, *, seed: int = 0) -> dict[str, pd.DataFrame]:
             "stratified random": stratified_baseline(truth, seed=seed)}
 
 
+def score_baselines(truth: pd.DataFrame, *, seed: int = 0, **options) -> dict[str, dict]:
+    """Score both baselines against the truth (``options`` as for ``score``), marked as baselines."""
+    results = {}
+    for name, preds in baselines(truth, seed=seed).items():
+        results[name] = score(truth, preds, seed=seed, **options)
+        results[name]["source"] = BASELINE_SOURCE
+    return results
+
+
 def majority_baseline(truth: pd.DataFrame) -> pd.DataFrame:
     """Every user gets each trait's most frequent truth class (ties: vocabulary order)."""
     out = pd.DataFrame(index=truth.index)

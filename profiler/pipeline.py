@@ -68,9 +68,7 @@ def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: b
             raise DataError("\n".join(str(p) for p in sub.problems))
         results[name] = evaluation.score(table, sub.predictions)
     if baselines:
-        for name, preds in evaluation.baselines(table, seed=seed).items():
-            results[name] = evaluation.score(table, preds)
-            results[name]["source"] = evaluation.BASELINE_SOURCE
+        results.update(evaluation.score_baselines(table, seed=seed))
     return results
 
 
