@@ -301,6 +301,8 @@ class Cache:
         self.meta = meta
         self.index = index
         self.images = images
+        self._offsets = index["offset"].to_numpy(np.int64)
+        self._counts = index["n_images"].to_numpy(np.int64)
         #: True when ``prepare`` found this cache up to date and did no work
         self.reused = False
 
@@ -360,15 +362,14 @@ class Cache:
 
     def user_images(self, i: int) -> np.ndarray:
         """All stored images of user ``i`` (k, h, w, 3), as a memory-mapped view."""
-        row = self.index.iloc[i]
-        return self.images[int(row["offset"]):int(row["offset"]) + int(row["n_images"])]
+        start = self._offsets[i]
+        return self.images[start:start + self._counts[i]]
 
     def volume(self, i: int, p: int = DEFAULT_P, *, rng: np.random.Generator | None = None) -> np.ndarray:
         """The (p, h, w, 3) volume of user ``i``; a random choice and order if ``rng``."""
-        row = self.index.iloc[i]
-        idx = int(row["offset"]) + select_indices(int(row["n_images"]), p, rng=rng)
+        idx = self._offsets[i] + select_indices(int(self._counts[i]), p, rng=rng)
         return np.asarray(self.images[idx])
 
     def real_counts(self, p: int = DEFAULT_P) -> np.ndarray:
         """How many of each user's ``p`` volume slots hold a distinct real image."""
-        return np.minimum(self.index["n_images"].to_numpy(), p)
+        return np.minimum(self._counts, p)
