@@ -15,7 +15,8 @@ EXIT_SOME_FAILED = 3
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "-m", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
-              help="A .keras model from 'profiler train' (its run directory's model.keras).")
+              help="A .keras model from 'profiler train' (its run directory's model.keras): "
+                   "the set model (the default of 'profiler train') or Model 1/2.")
 @click.option("--format", "fmt", type=Choice(["json", "jsonl", "csv", "submission"]), default="json",
               help="json/jsonl: labels and probabilities; csv: one flat row per user; "
                    "submission: user_id:::gender:::location:::occupation for 'profiler score'.")
@@ -27,14 +28,18 @@ EXIT_SOME_FAILED = 3
 @click.option("--seed", type=int, default=0, help="Seed for --tta.")
 @click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
               help="Decoding processes  [default: 1 for a few users, else the usable cores]")
+@click.option("--embeddings", "store_path", type=click.Path(dir_okay=False), default=None,
+              help="The set model's embedding cache file  [default: "
+                   "$PROFILER_CACHE_DIR/embeddings.sqlite, or ~/.cache/profiler/embeddings.sqlite]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, quiet):
+def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, store_path, quiet):
     """Profile the users in PATHS: user image folders and/or dataset folders.
 
     Each user gets a label and the probability of every class for gender, location and
-    occupation, and the number of real images used (a user with fewer than 11 is
-    profiled from what it has and flagged as "filled"). Unreadable files are listed per
-    user; a user with no usable image gets an error entry and the run goes on.
+    occupation, and the number of real images used. The set model uses up to 32 images
+    as they are; the 3D CNNs fill a volume of 11 (a user with fewer is flagged
+    "filled"). Unreadable files are listed per user; a user with no usable image gets
+    an error entry and the run goes on.
 
     Exit codes: 0 every user profiled; 3 some users could not be profiled; 1 bad input;
     2 usage error.
@@ -42,7 +47,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, quie
     Example:
 
     \b
-        profiler predict data/sample/test --model runs/demo/model1/model.keras --format submission -o model1.txt
+        profiler predict data/sample/test --model runs/demo/set/model.keras --format submission -o set.txt
     """
     from data_prep.cache import default_workers
     from data_prep.dataset import discover_users
@@ -53,7 +58,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, quie
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))
-    predictor = Predictor.load(model_path)
+    predictor = Predictor.load(model_path, store=store_path)
     if workers is None:
         workers = default_workers() if len(users) >= 4 * batch_size else 1
     failed = 0

@@ -1,4 +1,4 @@
-"""``profiler train``: train Model 1, Model 2 or both on a dataset or a prepared cache."""
+"""``profiler train``: train the set model, Model 1, Model 2 or all of them on a dataset."""
 from __future__ import annotations
 
 import json
@@ -39,12 +39,40 @@ def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_i
     return cache
 
 
+def embed_dataset(source: Path, config, *, store_path: Path | None, allow_missing: bool, progress: bool):
+    """The dataset at ``source`` as image embeddings (through the embedding cache)."""
+    from data_prep.dataset import find_truth, load_dataset
+    from data_prep.errors import DataError
+    from profiler.embeddings import EmbeddedData, EmbeddingStore
+    from profiler.encoders import get_encoder
+
+    if (source / "meta.json").is_file():
+        raise DataError(f"{source}: a prepared image cache; the set model embeds the original "
+                        "images, so give it the dataset folder")
+    if find_truth(source) is None:
+        raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
+    dataset = load_dataset(source, missing="warn" if allow_missing else "error")
+    encoder = get_encoder(config.encoder)
+    with EmbeddingStore(store_path) as store:
+        data = EmbeddedData.build(dataset, encoder, store, max_images=max(config.max_images, config.cap),
+                                  progress=progress)
+        click.echo(f"{data.summary()}; embedding cache {store.path}: {store.hits} hits, "
+                   f"{store.misses} images embedded", err=True)
+    return data
+
+
+MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
+                 "both": ["model1", "model2"], "all": ["set", "model1", "model2"]}
+
+
 @main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "-m", type=Choice(["model1", "model2", "both"]), default="model1",
-              help="Which of the paper's models to train.")
+@click.option("--model", "-m", type=Choice(list(MODEL_CHOICES)), default="set", show_default=True,
+              help="'set': a frozen pretrained encoder and a head over the set of image embeddings "
+                   "(the default, and much the best); 'model1'/'model2': the paper's 3D CNNs; "
+                   "'both': the two 3D CNNs; 'all': all three.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run directory (with --model both: one sub-folder per model).")
+              help="Run directory (with --model both/all: one sub-folder per model).")
 @click.option("--preset", type=Choice(["default", "paper"]), default="default",
               help="Starting hyper-parameters: 'paper' as published, 'default' what trains well on CPU.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -61,21 +89,27 @@ def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_i
               help="Where to prepare a dataset's cache  [default: OUT/cache]")
 @click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
               help="Decoding processes when preparing  [default: the usable cores]")
+@click.option("--embeddings", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The embedding cache file of the set model  [default: "
+                   "$PROFILER_CACHE_DIR/embeddings.sqlite, or ~/.cache/profiler/embeddings.sqlite]")
 @click.option("--allow-missing", is_flag=True, help="Leave out truth users with no image folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed, size, cache_dir,
-          workers, allow_missing, resume, quiet):
-    """Train on DATA: a dataset folder (prepared into a cache first) or a prepared cache.
+          workers, store_path, allow_missing, resume, quiet):
+    """Train on DATA: a dataset folder (or, for the 3D CNNs, a prepared cache).
 
-    OUT receives config.json, model.keras (the epoch with the best validation mean
-    macro-F), history.csv, curves.png and summary.json. Interrupted runs continue with
-    --resume.
+    The set model embeds every image once with a frozen pretrained encoder (cached by
+    content, so a second run embeds nothing) and trains a small head; the 3D CNNs
+    prepare an image cache first. OUT receives config.json, model.keras (the epoch with
+    the best validation mean macro-F), history.csv, curves.png and summary.json.
+    Interrupted runs continue with --resume.
 
-    Example:
+    Examples:
 
     \b
-        profiler train data/sample/train --model both --out runs/demo --epochs 20
+        profiler train data/sample/train --out runs/set
+        profiler train data/sample/train --model all --out runs/demo --epochs 20
     """
     from profiler.config import resolve
     from profiler.training import train as run_training
@@ -84,14 +118,22 @@ def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed,
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed), ("size", size)):
         if value is not None:
             overrides[key] = value
-    models = ["model1", "model2"] if model == "both" else [model]
+    models = MODEL_CHOICES[model]
     configs = {m: resolve(preset, file=config_file, overrides={**overrides, "model": m}) for m in models}
-    first = configs[models[0]]
-    cache = open_or_prepare(data, cache_dir or out / "cache", size=first.size, fit=first.fit,
-                            max_images=first.max_images, workers=workers,
-                            allow_missing=allow_missing, progress=not quiet)
+    inputs = {}
+    if "set" in configs:
+        inputs["set"] = embed_dataset(data, configs["set"], store_path=store_path,
+                                      allow_missing=allow_missing, progress=not quiet)
+    cnn = [m for m in models if m != "set"]
+    if cnn:
+        first = configs[cnn[0]]
+        cache = open_or_prepare(data, cache_dir or out / "cache", size=first.size, fit=first.fit,
+                                max_images=first.max_images, workers=workers,
+                                allow_missing=allow_missing, progress=not quiet)
+        inputs.update({m: cache for m in cnn})
     for name, config in configs.items():
-        run_dir = out / name if model == "both" else out
-        click.echo(f"training {name} ({config.preset} preset) on {len(cache)} users -> {run_dir}", err=True)
-        summary = run_training(cache, run_dir, config, resume=resume, progress=not quiet)
+        run_dir = out / name if len(models) > 1 else out
+        click.echo(f"training {name} ({config.preset} preset) on {len(inputs[name])} users -> {run_dir}",
+                   err=True)
+        summary = run_training(inputs[name], run_dir, config, resume=resume, progress=not quiet)
         click.echo(json.dumps({"run": str(run_dir), **summary}))

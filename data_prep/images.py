@@ -48,10 +48,19 @@ def load_image(
 
     ``size`` is ``(height, width)``. Raises ``ImageError`` for anything unusable.
     """
-    path = Path(path)
-    height, width = size
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    rgb = open_rgb(path, max(size) if draft else None, max_pixels=max_pixels)
+    return fit_image(rgb, size, fit=fit)
+
+
+def open_rgb(path: str | Path, draft: int | None = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an RGB Pillow image, EXIF orientation applied.
+
+    ``draft`` lets a JPEG decode at a reduced scale no smaller than ``draft`` pixels a
+    side (much faster for large photos). Raises ``ImageError`` for anything unusable.
+    """
+    path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
@@ -68,10 +77,9 @@ def load_image(
                         f"{max_pixels:,}): refused as a possible decompression bomb",
                     )
                 if draft and im.format in ("JPEG", "MPO"):
-                    side = max(height, width)
-                    im.draft(None, (side, side))
+                    im.draft(None, (draft, draft))
                 im.load()
-                rgb = to_rgb(im)
+                return to_rgb(im)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -83,7 +91,6 @@ def load_image(
         if "truncated" in reason:
             reason = f"truncated file ({reason})"
         raise ImageError(path, f"corrupt image: {reason}") from exc
-    return fit_image(rgb, (height, width), fit=fit)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -25,7 +25,8 @@ from pathlib import Path
 from data_prep.errors import DataError
 from data_prep.labels import TRAITS, suggest
 
-MODELS = ("model1", "model2")
+MODELS = ("model1", "model2", "set")
+SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention")
 #: convolutions per model (``filters`` needs one count each; see profiler.models.cnn3d)
 CONVOLUTIONS = {"model1": 4, "model2": 7}
 SCHEDULES = ("constant", "inverse_time", "cosine")
@@ -53,6 +54,11 @@ class TrainConfig:
     dropout: float = 0.5
     batch_norm: bool = True
     pooling: str = "avg"
+    # the set model (frozen encoder + head over the set of image embeddings)
+    encoder: str = "efficientnet_lite0"
+    cap: int = 32  # most images per user the head sees (fewer are masked, never filled)
+    hidden: list[int] = field(default_factory=lambda: [256])  # per-image layers before pooling
+    set_pooling: str = "meanmax"
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -73,6 +79,10 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}"),
             (self.class_weight in CLASS_WEIGHTS,
              f"class_weight must be one of {CLASS_WEIGHTS}, not {self.class_weight!r}"),
+            (self.set_pooling in SET_POOLINGS,
+             f"set_pooling must be one of {SET_POOLINGS}, not {self.set_pooling!r}"),
+            (self.cap >= 1, "cap must be at least 1"),
+            (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -93,6 +103,12 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _encoders() -> list[str]:
+    from profiler.encoders import ENCODERS
+
+    return list(ENCODERS)
 
 
 PRESETS: dict[str, dict] = {

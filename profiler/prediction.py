@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from data_prep.cache import DecodedUser, PrepareConfig, decode_users, decoding_pool
 from data_prep.dataset import User, discover_users
+from data_prep.errors import DataError
 from data_prep.labels import TRAITS
 from data_prep.volumes import select_indices
 
@@ -41,19 +42,48 @@ TTA_MAX_IMAGES = 32
 
 @dataclass
 class Predictor:
-    """A loaded model and what it needs to know about its inputs."""
+    """A loaded model and what it needs to know about its inputs.
+
+    For the set model, also its image encoder and the embedding cache it reads through.
+    """
 
     model: object
     info: dict
+    encoder: object = None
+    store: object = None
 
     @classmethod
-    def load(cls, model) -> "Predictor":
-        """From a ``.keras`` path or an already loaded model."""
+    def load(cls, model, *, encoder=None, store=None) -> "Predictor":
+        """From a ``.keras`` path or an already loaded model.
+
+        A set model gets the encoder it was trained with (``encoder`` to pass one; it
+        must have the same identity) and ``store`` (an ``EmbeddingStore``, or a path;
+        the default cache otherwise).
+        """
         from profiler.models.io import load_model, model_info
 
+        name = model if isinstance(model, (str, Path)) else getattr(model, "name", "model")
         if isinstance(model, (str, Path)):
             model = load_model(model)
-        return cls(model, model_info(model))
+        info = model_info(model)
+        if info["variant"] != "set":
+            return cls(model, info)
+        from profiler.embeddings import EmbeddingStore
+        from profiler.encoders import get_encoder
+
+        needed = info["encoder"]
+        encoder = encoder or get_encoder(needed)
+        if encoder.identity != needed:
+            raise DataError(f"{name}: this model was trained on embeddings from encoder {needed}, "
+                            f"but the encoder given is {encoder.identity}; embeddings from another "
+                            "encoder (or other weights) mean nothing to it")
+        if not isinstance(store, EmbeddingStore):
+            store = EmbeddingStore(store)
+        return cls(model, info, encoder, store)
+
+    @property
+    def is_set(self) -> bool:
+        return self.info["variant"] == "set"
 
     @property
     def p(self) -> int:
@@ -80,8 +110,27 @@ class Predictor:
                 for t, v in out.items()}
 
 
-def _user_volumes(decoded: DecodedUser, p: int, tta: int, seed: int) -> np.ndarray:
+    def featurize(self, users: list[User], tta: int, workers: int = 1, pool=None) -> list[DecodedUser]:
+        """The users' images decoded for a 3D CNN, or embedded (through the cache) for the set model."""
+        if self.is_set:
+            from profiler.embeddings import embed_users
+
+            cap = self.p if tta <= 1 else max(self.p, TTA_MAX_IMAGES)
+            return embed_users(users, self.encoder, self.store, max_images=cap)
+        return list(decode_users(users, self.decode_config(tta), workers=workers, pool=pool))
+
+
+def _user_volumes(decoded: DecodedUser, p: int, tta: int, seed: int, is_set: bool = False) -> np.ndarray:
+    """A user's model inputs: one (or ``tta``) volumes, or packed embedding sets."""
     n = len(decoded.images)
+    if is_set:
+        from profiler.models.set_head import pack_set
+
+        if tta <= 1 or n <= p:  # the set model is order-invariant: only subsets can differ
+            return pack_set(decoded.images, p)[None]
+        rng = np.random.default_rng([seed, zlib.crc32(decoded.user_id.encode())])
+        return np.stack([pack_set(decoded.images, p, np.sort(rng.choice(n, p, replace=False)))
+                         for _ in range(tta)])
     if tta <= 1:
         return decoded.images[select_indices(n, p)][None]
     rng = np.random.default_rng([seed, zlib.crc32(decoded.user_id.encode())])
@@ -93,7 +142,7 @@ def _rows(users: list[User], decoded: list[DecodedUser], predictor: Predictor, t
     p = predictor.p
     labels = predictor.info["labels"]
     ok = [i for i, d in enumerate(decoded) if len(d.images)]
-    stacks = [_user_volumes(decoded[i], p, tta, seed) for i in ok]
+    stacks = [_user_volumes(decoded[i], p, tta, seed, predictor.is_set) for i in ok]
     probs = predictor.probabilities(np.concatenate(stacks)) if stacks else {}
     per_user = {}
     start = 0
@@ -105,7 +154,7 @@ def _rows(users: list[User], decoded: list[DecodedUser], predictor: Predictor, t
         n_real = min(len(dec.images), p)
         row = {"user_id": user.user_id, "path": str(user.files[0].parent) if user.files else "",
                "files": len(user.files), "images_used": n_real,
-               "filled": bool(0 < len(dec.images) < p), "error": None,
+               "filled": bool(0 < len(dec.images) < p) and not predictor.is_set, "error": None,
                "skipped": [{"file": f, "reason": r} for f, r in dec.skipped]}
         if i in per_user:
             for t in TRAITS:
@@ -124,15 +173,15 @@ def _rows(users: list[User], decoded: list[DecodedUser], predictor: Predictor, t
 def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int = 32,
                      tta: int = 0, seed: int = 0, workers: int = 1, progress: bool = False):
     """Yield lists of per-user result dicts, one list per batch, in the users' order."""
-    config = predictor.decode_config(tta)
     batches = [users[i:i + batch_size] for i in range(0, len(users), batch_size)]
     bar = tqdm(total=len(users), unit="user", desc="profiling", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
 
-    pool = decoding_pool(workers) if workers > 1 and len(users) > batch_size else None
+    pool = (decoding_pool(workers) if workers > 1 and len(users) > batch_size and not predictor.is_set
+            else None)
 
     def decode(batch):
-        return list(decode_users(batch, config, workers=workers, pool=pool))
+        return predictor.featurize(batch, tta, workers=workers, pool=pool)
 
     with ThreadPoolExecutor(max_workers=1) as background, (pool or contextlib.nullcontext()):
         pending = background.submit(decode, batches[0]) if batches else None
@@ -146,15 +195,16 @@ def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int
 
 
 def predict_users(paths, model, *, batch_size: int = 32, tta: int = 0, seed: int = 0,
-                  workers: int = 1) -> pd.DataFrame:
+                  workers: int = 1, store=None) -> pd.DataFrame:
     """Profile the users in ``paths`` (user folders or dataset folders) with ``model``.
 
     ``model`` is a ``.keras`` path or a loaded model. Returns one row per user with the
     predicted label and the probability of every class for each trait (columns
     ``gender``, ``gender:female``, ...), how many real images were used, and an error
-    message for users that could not be profiled.
+    message for users that could not be profiled. ``store`` is the set model's embedding
+    cache (a path or an ``EmbeddingStore``; the default cache if not given).
     """
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, store=store)
     users = discover_users(list(paths))
     rows = [row for batch in iter_predictions(users, predictor, batch_size=batch_size, tta=tta,
                                               seed=seed, workers=workers) for row in batch]

@@ -89,13 +89,26 @@ class EpochData:
         return math.ceil(len(self.positions) / self.config.batch_size)
 
     def volumes(self, chosen: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        p = self.config.p
+        """The model inputs of users ``chosen``: volumes, or packed embedding sets."""
         sample = rng if (self.train and self.config.sample_images) else None
+        if is_embedded(self.cache):
+            return np.stack([self._set(int(i), sample) for i in chosen])
+        p = self.config.p
         batch = np.stack([self.cache.volume(int(i), p, rng=sample) for i in chosen])
         if self.train and self.config.flip:
             flips = rng.random(batch.shape[:2]) < 0.5
             batch[flips] = batch[flips][:, :, ::-1]
         return batch
+
+    def _set(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        from profiler.models.set_head import pack_set
+
+        vectors = self.cache.user_images(i)
+        cap = self.config.cap
+        chosen = None
+        if len(vectors) > cap and rng is not None:
+            chosen = np.sort(rng.choice(len(vectors), cap, replace=False))
+        return pack_set(vectors, cap, chosen)
 
     def restart(self, epoch: int) -> None:
         """The next call of ``batches`` draws epoch ``epoch`` (0-based)."""
@@ -124,9 +137,14 @@ class EpochData:
         """The batches as a prefetched ``tf.data.Dataset`` (re-drawn on each iteration)."""
         import tensorflow as tf
 
-        c, (h, w) = self.config, self.cache.image_size
+        c = self.config
+        if is_embedded(self.cache):
+            x_spec = tf.TensorSpec((None, c.cap, self.cache.dim + 1), tf.float32)
+        else:
+            h, w = self.cache.image_size
+            x_spec = tf.TensorSpec((None, c.p, h, w, 3), tf.uint8)
         signature = (
-            tf.TensorSpec((None, c.p, h, w, 3), tf.uint8),
+            x_spec,
             {t: tf.TensorSpec((None,), tf.int64) for t in TRAITS},
             {t: tf.TensorSpec((None,), tf.float32) for t in TRAITS},
         )
@@ -138,11 +156,30 @@ class EpochData:
 # --- model and optimiser ---------------------------------------------------------------
 
 
-def build_model(config: TrainConfig, image_size: tuple[int, int]):
-    """The model named by ``config.model``, for volumes of ``config.p`` images of ``image_size``."""
+def is_embedded(data) -> bool:
+    """Whether ``data`` holds image embeddings (the set model's input) rather than images."""
+    from profiler.embeddings import EmbeddedData
+
+    return isinstance(data, EmbeddedData)
+
+
+def build_model(config: TrainConfig, data, positions: np.ndarray | None = None):
+    """The model named by ``config.model`` for ``data`` (a cache, or embeddings for "set").
+
+    The set model's standardisation uses the embeddings of the users at ``positions``
+    (the training users).
+    """
+    if config.model == "set":
+        from profiler.models.set_head import SetProfiler
+
+        positions = np.arange(len(data)) if positions is None else positions
+        rows = np.concatenate([data.user_images(int(i)) for i in positions])
+        return SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
+                           dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
+                           mean=rows.mean(axis=0), variance=rows.var(axis=0))
     from profiler.models import Cnn3dProfiler
 
-    h, w = image_size
+    h, w = data.image_size
     return Cnn3dProfiler(config.model, p=config.p, height=h, width=w,
                          filters=tuple(config.filters) if config.filters else None,
                          dense=tuple(config.dense), dropout=config.dropout,
@@ -330,19 +367,22 @@ def train(cache: Cache, run_dir: str | Path, config: TrainConfig, *, resume: boo
         raise DataError(f"{run_dir}: this run has already finished")
     if not cache.has_truth:
         raise DataError(f"{cache.root}: training needs a dataset with a truth file")
-    h, w = cache.image_size
-    if (config.size, config.size) != (h, w) or config.fit != cache.meta["config"]["fit"]:
+    if (config.model == "set") != is_embedded(cache):
+        raise DataError(f"{cache.root}: the {config.model} model needs "
+                        + ("image embeddings (EmbeddedData)" if config.model == "set" else "a prepared image cache"))
+    if not is_embedded(cache) and ((config.size, config.size) != cache.image_size
+                                   or config.fit != cache.meta["config"]["fit"]):
         # the cache decides the images; record what was really used
         import dataclasses
 
-        config = dataclasses.replace(config, size=h, fit=cache.meta["config"]["fit"])
+        config = dataclasses.replace(config, size=cache.image_size[0], fit=cache.meta["config"]["fit"])
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
     set_determinism(config.seed)
     train_pos, val_pos = split_indices(cache, config.val_share, config.seed)
     train_data = EpochData(cache, train_pos, config, train=True)
     val_data = EpochData(cache, val_pos, config, train=False)
-    model = build_model(config, cache.image_size)
+    model = build_model(config, cache, train_pos)
     compile_model(model, config, len(train_data))
     validation = make_validation_callback(val_data, run_dir, config, resume, progress)
     # Order matters: validation saves its state before the backup of the same epoch, so a

@@ -70,3 +70,26 @@ def make_dataset(root: Path, users: dict[str, int], *, labels: dict[str, tuple] 
         (root / "truth.csv").write_text(
             "user_id,gender,location,occupation\n" + "".join(",".join(r) + "\n" for r in lines))
     return root
+
+
+class TinyEncoder:
+    """A stand-in for a pretrained encoder: a fixed random projection of a 4x4 thumbnail.
+
+    Deterministic and fast, so tests of the set model need no real network. Registered
+    as encoder "tiny" by ``tests/conftest.py``.
+    """
+
+    name = "tiny"
+    dim = 8
+    draft = 16
+    identity = "tiny@test"
+    description = "test encoder"
+    calls = 0  # images embedded, across instances
+
+    def preprocess(self, image):
+        return np.asarray(image.resize((4, 4)), np.float32).ravel() / 255.0
+
+    def embed(self, inputs):
+        TinyEncoder.calls += len(inputs)
+        weights = np.random.default_rng(0).normal(size=(48, self.dim)).astype(np.float32)
+        return np.tanh(inputs @ weights)

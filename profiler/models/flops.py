@@ -19,7 +19,8 @@ def flops_per_user(model) -> int:
 
     total = 0
     for layer in model.layers:
-        out = _elements(layer.output.shape) if hasattr(layer, "output") else 0
+        output = getattr(layer, "output", None)
+        out = _elements(output.shape) if hasattr(output, "shape") else 0
         if isinstance(layer, (keras.layers.Conv3D, keras.layers.Conv2D)):
             kernel = int(np.prod(layer.kernel_size)) * int(layer.input.shape[-1])
             total += 2 * out * kernel

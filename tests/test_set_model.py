@@ -1,0 +1,140 @@
+"""The set model: a head over a user's image embeddings (with the "tiny" test encoder)."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from data_prep.errors import DataError
+from profiler.models.set_head import SetProfiler, pack_set
+from tests.helpers import make_dataset
+
+
+def small_model(pooling="meanmax", dim=8, cap=6):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    return SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
+                       pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum", "max", "meanmax", "attention"])
+def test_invariant_to_order_and_to_empty_slots(pooling):
+    model = small_model(pooling)
+    vectors = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
+    x = np.stack([pack_set(vectors, 6), pack_set(vectors[::-1].copy(), 6),
+                  pack_set(vectors[[2, 0, 4, 1, 3]], 6)])
+    bigger = small_model(pooling, cap=9)
+    bigger.set_weights(model.get_weights())
+    out = model(x, training=False)
+    padded = bigger(np.stack([pack_set(vectors, 9)]), training=False)
+    for t in ("gender", "location", "occupation"):
+        p = np.asarray(out[t])
+        np.testing.assert_allclose(p[1], p[0], atol=1e-6)
+        np.testing.assert_allclose(p[2], p[0], atol=1e-6)
+        np.testing.assert_allclose(np.asarray(padded[t])[0], p[0], atol=1e-6)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_empty_set_and_one_image_give_probabilities():
+    model = small_model("attention")
+    one = pack_set(np.ones((1, 8), np.float32), 6)
+    empty = np.zeros((6, 9), np.float32)
+    out = model(np.stack([one, empty]), training=False)
+    assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+
+
+def test_pack_set_marks_real_rows_and_chooses_rows():
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    packed = pack_set(vectors, 6)
+    assert packed.shape == (6, 4) and packed[:, -1].tolist() == [1, 1, 1, 1, 0, 0]
+    assert np.array_equal(packed[:4, :3], vectors) and not packed[4:].any()
+    assert np.array_equal(pack_set(vectors, 2, np.array([1, 3]))[:, :3], vectors[[1, 3]])
+    assert pack_set(vectors, 2)[:, -1].tolist() == [1, 1]
+
+
+def test_save_load_identical(tmp_path):
+    from profiler.models import load_model, model_info, save_model
+
+    model = small_model("attention")
+    x = np.stack([pack_set(np.random.default_rng(3).normal(size=(k, 8)).astype(np.float32), 6)
+                  for k in (1, 4, 6)])
+    save_model(model, tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    for t, v in model(x, training=False).items():
+        assert np.array_equal(np.asarray(v), np.asarray(loaded(x, training=False)[t]))
+    info = model_info(loaded)
+    assert (info["variant"], info["cap"], info["p"], info["encoder"], info["dim"]) == ("set", 6, 6, "tiny@test", 8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A set model trained through the CLI on a tiny dataset, with users of 1 to 30 images."""
+    root = tmp_path_factory.mktemp("set")
+    counts = {f"u{i:02d}": [1, 3, 11, 30][i % 4] for i in range(16)}
+    data = make_dataset(root / "data", counts)
+    result = CliRunner().invoke(main, [
+        "train", str(data), "--out", str(root / "run"), "--epochs", "2", "--batch-size", "4", "-q",
+        "--set", "encoder=tiny", "--set", "hidden=[4]", "--set", "dense=[4]", "--set", "cap=12",
+        "--embeddings", str(root / "e.sqlite")])
+    assert result.exit_code == 0, result.output
+    return root, data, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_train_and_predict_through_the_cli(trained):
+    root, data, summary = trained
+    assert summary["model"] == "set" and summary["epochs_run"] == 2
+    assert (root / "run" / "model.keras").is_file() and (root / "run" / "curves.png").is_file()
+    result = CliRunner().invoke(main, ["predict", str(data), "--model", str(root / "run" / "model.keras"),
+                                       "--format", "jsonl", "--embeddings", str(root / "e.sqlite"), "-q"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 16
+    used = {r["user_id"]: r["images_used"] for r in rows}
+    assert used["u00"] == 1 and used["u01"] == 3 and used["u02"] == 11 and used["u03"] == 12
+    assert not any(r["filled"] for r in rows)
+    for r in rows:
+        assert sum(r["occupation"]["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_prediction_does_not_depend_on_batch(trained):
+    from profiler.prediction import predict_users
+
+    root, data, _ = trained
+    model = root / "run" / "model.keras"
+    one = predict_users([data], model, batch_size=1, store=root / "e.sqlite")
+    many = predict_users([data], model, batch_size=64, store=root / "e.sqlite")
+    assert one.drop(columns="path").equals(many.drop(columns="path"))
+
+
+def test_refuses_another_encoder(trained):
+    from profiler.prediction import Predictor
+    from tests.helpers import TinyEncoder
+
+    class Other(TinyEncoder):
+        identity = "tiny@other-weights"
+
+    root, _, _ = trained
+    with pytest.raises(DataError, match="trained on embeddings from encoder tiny@test, but the encoder "
+                                        "given is tiny@other-weights"):
+        Predictor.load(root / "run" / "model.keras", encoder=Other())
+
+
+def test_set_model_needs_the_dataset_not_a_cache(trained, tmp_path):
+    root, data, _ = trained
+    runner = CliRunner()
+    assert runner.invoke(main, ["prepare", str(data), "--out", str(tmp_path / "c"), "--size", "16", "-q"]).exit_code == 0
+    result = runner.invoke(main, ["train", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
+                                  "--set", "encoder=tiny"])
+    assert result.exit_code == 1
+    assert "a prepared image cache; the set model embeds the original images, so give it the dataset folder" in result.output
+
+
+def test_unknown_encoder_is_a_clean_error(tmp_path):
+    data = make_dataset(tmp_path / "d", {"a": 1, "b": 1, "c": 1, "d": 1})
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "r"),
+                                       "--set", "encoder=efficientnet_lit0"])
+    assert result.exit_code == 1
+    assert "encoder must be one of" in result.output and "'efficientnet_lit0'" in result.output
