@@ -39,9 +39,10 @@ def evaluate(run, dataset, out, workers, quiet):
 @click.option("--data", type=click.Path(file_okay=False), default="data/sample",
               help="Where the sample data is made (reused if it matches).")
 @click.option("--runs", type=click.Path(file_okay=False), default="runs/demo",
-              help="Where the two training runs go (reused if finished with the same settings).")
+              help="Where the three training runs and the embedding cache go (runs are reused if "
+                   "finished with the same settings).")
 @click.option("--users", type=click.IntRange(20), default=1000, help="Sample users (train and test).")
-@click.option("--epochs", type=click.IntRange(1), default=8, help="Most epochs per model.")
+@click.option("--epochs", type=click.IntRange(1), default=8, help="Most epochs per 3D CNN.")
 @click.option("--size", type=click.IntRange(8, 512), default=64, help="Image size in pixels.")
 @click.option("--seed", type=int, default=0, help="Seed for the data and the training.")
 @click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
@@ -50,9 +51,10 @@ def evaluate(run, dataset, out, workers, quiet):
 def demo(out, data, runs, users, epochs, size, seed, workers, quiet):
     """Run the whole job on the bundled sample data and write the results.
 
-    Makes the sample data, trains Model 1 and Model 2, predicts the test split, scores
-    both beside majority and random baselines, the paper's rows and the sample data's
-    Bayes ceiling, and writes tables (Markdown, CSV), plots and submissions into OUT.
+    Makes the sample data, trains the set model (frozen pretrained encoder + head),
+    Model 1 and Model 2, predicts the test split, scores them beside majority and
+    random baselines, the paper's rows, an item oracle and the sample data's Bayes
+    ceiling, and writes tables (Markdown, CSV), plots and submissions into OUT.
 
     Example:
 

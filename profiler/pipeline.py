@@ -2,8 +2,9 @@
 
 ``evaluate_run`` predicts a test dataset with a run's model, scores it and writes the
 tables, confusion matrices and a short report. ``demo`` goes from nothing to
-``results/``: sample data, both models trained, test split predicted and scored beside
-baselines, the paper's rows and the sample data's Bayes ceiling.
+``results/``: sample data, the set model and the paper's two models trained, the test
+split predicted and scored beside baselines, the paper's rows, an item oracle and the
+sample data's Bayes ceiling.
 """
 from __future__ import annotations
 
@@ -38,14 +39,14 @@ def model_path(run: str | Path) -> Path:
 
 
 def predict_submission(model: str | Path, dataset: str | Path, out: str | Path, *,
-                       workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+                       workers: int | None = None, progress: bool = True, store=None) -> pd.DataFrame:
     """Predict every user of ``dataset``; write the submission file; return the flat table."""
     from data_prep.cache import default_workers
     from data_prep.dataset import discover_users
     from data_prep.truth import write_label_file
     from profiler.prediction import Predictor, flatten, iter_predictions
 
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, store=store)
     users = discover_users([dataset])
     rows = [r for batch in iter_predictions(users, predictor, workers=workers or default_workers(),
                                             progress=progress) for r in batch]
@@ -112,20 +113,34 @@ def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None
 
 
 def summary_table(results: dict, ceiling: dict | None = None) -> str:
-    """One Markdown table: macro-F and accuracy per trait for each system (and % of ceiling)."""
+    """One Markdown table: macro-F and accuracy per trait for each system.
+
+    With ``ceiling`` (macro-F per trait), a second table gives each system's macro-F and
+    accuracy as fractions of the ceiling's.
+    """
     from tabulate import tabulate
 
-    rows = []
+    rows, shares = [], []
     for name, result in results.items():
         row = {"system": name}
         for t in TRAITS:
             row[f"{t} F"] = result["traits"][t]["F"]
             row[f"{t} Acc"] = result["traits"][t]["Acc"]
-        if ceiling:
-            row["mean F / ceiling"] = sum(result["traits"][t]["F"] / ceiling[t] for t in TRAITS) / 3
         rows.append(row)
-    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", floatfmt=".3f",
+        if ceiling:
+            share = {"system": name}
+            for t in TRAITS:
+                share[f"{t} F"] = result["traits"][t]["F"] / ceiling[t]["F"]
+                share[f"{t} Acc"] = result["traits"][t]["Acc"] / ceiling[t]["Acc"]
+            share["mean F"] = sum(share[f"{t} F"] for t in TRAITS) / len(TRAITS)
+            shares.append(share)
+    text = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", floatfmt=".3f",
                     showindex=False)
+    if ceiling:
+        text += ("\n\nAs fractions of the Bayes rule's (the ceiling's) macro-F and accuracy:\n\n"
+                 + tabulate(pd.DataFrame(shares), headers="keys", tablefmt="github", floatfmt=".2f",
+                            showindex=False))
+    return text
 
 
 def versions() -> dict:
@@ -140,15 +155,45 @@ def versions() -> dict:
     return out
 
 
+SYSTEM_NAMES = {"set": "Set model (frozen encoder + head)", "model1": "3D CNN Model 1",
+                "model2": "3D CNN Model 2"}
+
+
+def _train_once(name: str, config, data, run_dir: Path, progress: bool, timings: dict) -> dict:
+    """Train ``name`` into ``run_dir`` unless a finished run with the same config is there."""
+    from profiler.training import train
+
+    done = (run_dir / "summary.json").is_file() and json.loads(
+        (run_dir / "config.json").read_text()) == config.to_json()
+    if done:
+        _log(f"      {name}: reusing the finished run in {run_dir}")
+        return json.loads((run_dir / "summary.json").read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    _log(f"      training {name} ({config.epochs} epochs at most) -> {run_dir}")
+    t = time.perf_counter()
+    summary = train(data, run_dir, config, progress=progress)
+    timings[f"train_{name}_s"] = time.perf_counter() - t
+    return summary
+
+
 def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
          runs: str | Path = "runs/demo", users: int = 1000, seed: int = 0, epochs: int = 8,
          size: int = 64, workers: int | None = None, progress: bool = True) -> dict:
-    """Sample data -> train Model 1 and Model 2 -> predict the test split -> score -> results."""
+    """Sample data -> train the set model, Model 1 and Model 2 -> predict the test split -> score.
+
+    ``epochs`` caps the 3D CNNs' training; the set model uses its preset's. The set
+    model's embedding cache is ``RUNS/embeddings.sqlite``, so a second demo embeds nothing.
+    """
     from data_prep.cache import PrepareConfig, default_workers, prepare
+    from data_prep.dataset import load_dataset
     from data_prep.sample.generate import SampleConfig, generate
+    from data_prep.sample.oracle import NAME as ORACLE_NAME
+    from data_prep.sample.oracle import oracle_submission
     from profiler.config import resolve
+    from profiler.embeddings import STORE_NAME, EmbeddedData, EmbeddingStore
+    from profiler.encoders import get_encoder
     from profiler.plots import contact_sheet
-    from profiler.training import train
 
     start = time.perf_counter()
     out, data, runs = Path(out), Path(data), Path(runs)
@@ -164,46 +209,53 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         meta = generate(data, SampleConfig(users=users, seed=seed), workers=workers,
                         force=data.exists(), progress=progress)
         timings["sample_data_s"] = time.perf_counter() - t
-    _log("[2/5] preparing the training images")
+    configs = {"set": resolve("default", overrides={"model": "set", "seed": seed})}
+    configs.update({name: resolve("default", overrides={"model": name, "epochs": epochs, "seed": seed,
+                                                          "size": size})
+                    for name in ("model1", "model2")})
+    store_path = runs / STORE_NAME
+    encoder = get_encoder(configs["set"].encoder)
+    _log(f"[2/5] embedding the training images with {encoder.identity} (cache: {store_path})")
+    t = time.perf_counter()
+    with EmbeddingStore(store_path) as store:
+        embedded = EmbeddedData.build(load_dataset(data / "train"), encoder, store,
+                                      max_images=configs["set"].max_images, progress=progress)
+        timings["embed_train_s"] = time.perf_counter() - t
+        timings["embed_train_images_new"] = store.misses
+    _log("[3/5] training the set model, then preparing the images for the 3D CNNs and training them")
+    summaries = {"set": _train_once("set", configs["set"], embedded, runs / "set", progress, timings)}
     t = time.perf_counter()
     cache = prepare(data / "train", runs / "cache", config=PrepareConfig(height=size, width=size),
                     workers=workers, progress=progress)
     timings["prepare_s"] = time.perf_counter() - t
-    submissions = {}
-    summaries = {}
     for name in ("model1", "model2"):
-        run_dir = runs / name
-        config = resolve("default", overrides={"model": name, "epochs": epochs, "seed": seed,
-                                               "size": size})
-        done = (run_dir / "summary.json").is_file() and json.loads(
-            (run_dir / "config.json").read_text()) == config.to_json()
-        if done:
-            _log(f"[3/5] {name}: reusing the finished run in {run_dir}")
-            summaries[name] = json.loads((run_dir / "summary.json").read_text())
-        else:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            _log(f"[3/5] training {name} ({epochs} epochs at most, {size} px) -> {run_dir}")
-            t = time.perf_counter()
-            summaries[name] = train(cache, run_dir, config, progress=progress)
-            timings[f"train_{name}_s"] = time.perf_counter() - t
-        _log(f"[4/5] predicting the test split with {name}")
+        summaries[name] = _train_once(name, configs[name], cache, runs / name, progress, timings)
+    _log("[4/5] predicting the test split with each model")
+    submissions = {}
+    test_users = len(load_dataset(data / "test").users)
+    for name in ("set", "model1", "model2"):
         t = time.perf_counter()
-        predict_submission(run_dir / "model.keras", data / "test", out / "submissions" / f"{name}.txt",
-                           workers=workers, progress=progress)
+        with EmbeddingStore(store_path) as store:
+            predict_submission(runs / name / "model.keras", data / "test", out / "submissions" / f"{name}.txt",
+                        workers=workers, progress=progress, store=store)
+            if name == "set":
+                timings["predict_set_images_new"] = store.misses
         timings[f"predict_{name}_s"] = time.perf_counter() - t
-        submissions[f"3D CNN {name[:-1].capitalize()} {name[-1]}"] = out / "submissions" / f"{name}.txt"
+        timings[f"predict_{name}_users_per_s"] = test_users / timings[f"predict_{name}_s"]
+        submissions[SYSTEM_NAMES[name]] = out / "submissions" / f"{name}.txt"
     _log("[5/5] scoring and writing results")
+    oracle_submission(data, out / "submissions" / "item_oracle.txt")
+    submissions[ORACLE_NAME] = out / "submissions" / "item_oracle.txt"
     shutil.copyfile(data / "bayes_rule_test.txt", out / "submissions" / "bayes_rule.txt")
     submissions[BAYES_NAME] = out / "submissions" / "bayes_rule.txt"
     results = score_files(data / "test", submissions, seed=seed)
     write_tables(results, out)
-    for name in ("model1", "model2"):
+    for name in ("set", "model1", "model2"):
         shutil.copyfile(runs / name / "curves.png", out / f"training_curves_{name}.png")
         shutil.copyfile(runs / name / "summary.json", out / f"training_summary_{name}.json")
     contact_sheet(data / "test", out / "sample_contact_sheet.png")
     shutil.copyfile(meta_path, out / "generator.json")
-    ceiling = {t: results[BAYES_NAME]["traits"][t]["F"] for t in TRAITS}
+    ceiling = {t: results[BAYES_NAME]["traits"][t] for t in TRAITS}
     table = summary_table(results, ceiling)
     timings["total_s"] = time.perf_counter() - start
     atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2) + "\n")
@@ -211,14 +263,40 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     lines = [
         "# Results of `make demo`", "",
         f"Sample data: {meta['users']['train']} train and {meta['users']['test']} test users, seed "
-        f"{seed} (`generator.json`). Models trained with the `default` preset for at most {epochs} "
-        f"epochs at {size} px; the checkpoint with the best validation mean macro-F is used.", "",
+        f"{seed} (`generator.json`). The set model: {encoder.description}, frozen, and a head "
+        f"trained with the `default` preset (at most {configs['set'].epochs} epochs). The 3D CNNs: "
+        f"the `default` preset for at most {epochs} epochs at {size} px. Each model is the "
+        "checkpoint with the best validation mean macro-F.", "",
         "Macro-F (F) and accuracy (Acc) on the test split. The Bayes rule is the best any reader "
-        "of the images could do (the sample data's ceiling); the last column is each system's "
-        "mean macro-F as a share of it.", "",
+        "of the images could do (the sample data's ceiling). The item oracle reads which emoji each "
+        "image shows from the answer key and learns from the training split: what the training "
+        "data allows with a perfect encoder.", "",
         table, "",
+        _cost_lines(timings, summaries, embedded, test_users), "",
         "The paper's Tables 1-5 with its own rows beside ours: `tables.md` (`tables.csv`). "
         "Confusion matrices: `confusion_*.png`. Training curves: `training_curves_*.png`.",
     ]
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return {"out": str(out), "table": table, "timings": timings, "summaries": summaries}
+
+
+def _cost_lines(timings: dict, summaries: dict, embedded, test_users: int) -> str:
+    """The cost of each model in this run, as a short Markdown list."""
+    lines = ["Cost in this run (2-core CPU; `demo_timings.json`):"]
+    new = timings.get("embed_train_images_new", 0)
+    if new:
+        lines.append(f"- embedding: {new} new training images in {timings['embed_train_s']:.0f} s "
+                     f"({timings['embed_train_s'] / new * 1000:.0f} ms an image, decoding included)")
+    else:
+        lines.append(f"- embedding: all {len(embedded.vectors)} training images came from the cache "
+                     f"({timings['embed_train_s']:.1f} s)")
+    for name in ("set", "model1", "model2"):
+        s = summaries[name]
+        trained = timings.get(f"train_{name}_s")
+        lines.append(f"- {SYSTEM_NAMES[name]}: {s['parameters']:,} trained parameters, "
+                     f"{s['epochs_run']} epochs at {s['seconds_per_epoch']:.1f} s"
+                     + (f" ({trained:.0f} s in all)" if trained else " (reused)")
+                     + f"; predict {test_users} test users at {timings[f'predict_{name}_users_per_s']:.1f} "
+                     "users/s end to end"
+                     + (f" ({timings['predict_set_images_new']} new images embedded)" if name == "set" else ""))
+    return "\n".join(lines)

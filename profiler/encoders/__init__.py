@@ -38,7 +38,7 @@ def get_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
     """The encoder called ``name`` (or named by an encoder identity ``name@digest``)."""
     from data_prep.labels import suggest
 
-    base = name.split("@", 1)[0]
+    base = name.split("@", 1)[0].split(":", 1)[0]
     if base not in ENCODERS:
         close = suggest(base, list(ENCODERS))
         hint = f" (did you mean {close[0]!r}?)" if close else ""

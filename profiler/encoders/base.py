@@ -2,7 +2,7 @@
 
 An encoder turns a decoded RGB image into a fixed-length float32 embedding with frozen
 pretrained weights that come installed with a registry package (nothing is downloaded).
-``identity`` names the encoder and a digest of its weights file: embeddings are cached
+``identity`` names the encoder, its output and a digest of its weights file: embeddings are cached
 under it, and a trained head records it so it can refuse embeddings from another one.
 """
 from __future__ import annotations
@@ -36,6 +36,8 @@ class Encoder:
     """
 
     name: str = ""
+    #: which output of the network the embedding is (part of the identity)
+    features: str = "default"
     dim: int = 0
     draft: int = 256
     chunk: int = 16
@@ -48,7 +50,7 @@ class Encoder:
 
     @cached_property
     def identity(self) -> str:
-        return f"{self.name}@{file_digest(self.weights_path)}"
+        return f"{self.name}:{self.features}@{file_digest(self.weights_path)}"
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         raise NotImplementedError

@@ -22,6 +22,7 @@ EMBEDDING_TENSOR = "/Cast_306_output_0"
 
 class OpenNsfwEncoder(Encoder):
     name = "open_nsfw"
+    features = "pool"
     dim = 1024
     draft = 256
     description = ("open_nsfw ResNet-50-thin (Yahoo, 2016; ONNX export in PyPI "

@@ -1,0 +1,78 @@
+"""The real pretrained encoders: weights load offline, preprocessing, batch invariance."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.errors import DataError
+from profiler.encoders import get_encoder
+from tests.helpers import COLORS
+
+
+def images(n=5):
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        a = rng.integers(0, 255, (40 + 7 * k, 60, 3), np.uint8)
+        a[5:20, 5:30] = COLORS[k]
+        out.append(Image.fromarray(a))
+    return out
+
+
+def test_state_dict_reads_without_pytorch():
+    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder
+    from profiler.encoders.torch_pickle import load_state_dict
+
+    weights = load_state_dict(EfficientNetLite0Encoder().weights_path)
+    assert len(weights) == 296
+    assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert weights["_fc.weight"].shape == (1000, 1280) and weights["_fc.weight"].dtype == np.float32
+    assert weights["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+
+
+def test_efficientnet_weights_recognise_an_imagenet_class():
+    """The Twemoji soccer ball is ImageNet class 805 ('soccer ball'): the weights are in the right places."""
+    from data_prep.images import open_rgb
+    from data_prep.sample.catalog import asset_dir
+    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder, build_efficientnet_lite0
+    from profiler.encoders.torch_pickle import load_state_dict
+
+    encoder = EfficientNetLite0Encoder()
+    network = build_efficientnet_lite0(load_state_dict(encoder.weights_path), classifier=True)
+    x = encoder.preprocess(open_rgb(asset_dir() / "26bd.png"))[None]
+    _, logits = network.predict_on_batch(x)
+    assert int(np.argmax(logits)) == 805
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "open_nsfw"])
+def test_embedding_does_not_depend_on_the_batch(name):
+    encoder = get_encoder(name)
+    x = np.stack([encoder.preprocess(im) for im in images(5)])
+    assert x.shape == (5, 224, 224, 3) and x.dtype == np.float32
+    together = encoder.embed(x)
+    alone = np.concatenate([encoder.embed(x[i:i + 1]) for i in range(5)])
+    reordered = encoder.embed(x[::-1])[::-1]
+    assert together.shape == (5, encoder.dim) and together.dtype == np.float32
+    assert np.array_equal(together, alone) and np.array_equal(together, reordered)
+    assert not np.allclose(together[0], together[1])
+    assert encoder.identity.startswith(f"{name}:") and len(encoder.identity.split("@")[1]) == 12
+
+
+def test_preprocessing_as_the_weights_expect():
+    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder
+    from profiler.encoders.open_nsfw import OpenNsfwEncoder
+
+    white = Image.new("RGB", (300, 150), (255, 255, 255))
+    x = EfficientNetLite0Encoder().preprocess(white)
+    assert x.shape == (224, 224, 3)
+    assert x[112, 112, 0] == pytest.approx((255 - 127) / 128)  # RGB, (x - 127) / 128
+    assert x[0, 0, 0] == pytest.approx(-127 / 128)  # letterboxed: the pad is black
+    red = Image.new("RGB", (256, 256), (255, 0, 0))
+    y = OpenNsfwEncoder().preprocess(red)
+    assert y.shape == (224, 224, 3)
+    b, g, r = y[100, 100]  # BGR minus the Caffe means (104, 117, 123), after a JPEG round trip
+    assert abs(r - (255 - 123)) < 6 and abs(b - (0 - 104)) < 6
+
+
+def test_unknown_encoder():
+    with pytest.raises(DataError, match="unknown encoder 'open_nsf'.*did you mean 'open_nsfw'"):
+        get_encoder("open_nsf")
