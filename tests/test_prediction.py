@@ -104,14 +104,17 @@ def test_csv_and_bad_model(setup, tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_demo(tmp_path):
-    """Sample data -> train both models -> predict -> score, as 'make demo' does, but tiny."""
+    """Sample data -> train the three models -> predict -> score, as 'make demo' does, but tiny."""
     result = run("demo", "--out", tmp_path / "results", "--data", tmp_path / "data", "--runs",
                  tmp_path / "runs", "--users", 30, "--epochs", 1, "--size", 16, "-q")
     assert result.exit_code == 0, result.output
     assert "Bayes rule (ceiling)" in result.stdout and "3D CNN Model 2" in result.stdout
+    assert "Set model (frozen encoder + head)" in result.stdout
+    assert "Item oracle + logistic regression" in result.stdout
     out = tmp_path / "results"
     for name in ("summary.md", "tables.md", "tables.csv", "scores.json", "versions.json",
-                 "generator.json", "training_curves_model1.png", "submissions/model2.txt"):
+                 "generator.json", "training_curves_model1.png", "training_curves_set.png",
+                 "submissions/model2.txt", "submissions/set.txt", "demo_timings.json"):
         assert (out / name).is_file(), name
     tables = (out / "tables.md").read_text()
     assert "quoted from the paper (MEX-A3T 2019)" in tables
@@ -120,3 +123,12 @@ def test_end_to_end_demo(tmp_path):
     evaluated = run("evaluate", tmp_path / "runs" / "model1", tmp_path / "data" / "test", "-q")
     assert evaluated.exit_code == 0, evaluated.output
     assert (tmp_path / "runs" / "model1" / "evaluation" / "report.md").is_file()
+    summary = (out / "summary.md").read_text()
+    assert "As fractions of the Bayes rule's" in summary and "users/s end to end" in summary
+    timings = json.loads((out / "demo_timings.json").read_text())
+    again = run("demo", "--out", tmp_path / "results", "--data", tmp_path / "data", "--runs",
+                tmp_path / "runs", "--users", 30, "--epochs", 1, "--size", 16, "-q")
+    assert again.exit_code == 0, again.output
+    timings2 = json.loads((out / "demo_timings.json").read_text())
+    assert timings["embed_train_images_new"] > 0 and timings2["embed_train_images_new"] == 0
+    assert timings2["predict_set_images_new"] == 0 and "train_set_s" not in timings2

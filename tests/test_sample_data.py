@@ -143,3 +143,30 @@ def test_cli(tmp_path):
     assert (tmp_path / "sheet.png").stat().st_size > 1000
     again = CliRunner().invoke(main, ["sample-data", str(tmp_path / "s"), "--users", "6"])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_item_oracle_learns_from_the_answer_key(tmp_path):
+    """Items that give away gender: the oracle gets every test user's gender right."""
+    import pandas as pd
+
+    from data_prep.sample.oracle import oracle_submission
+    from data_prep.truth import read_truth
+    from tests.helpers import make_dataset
+
+    rows = []
+    for split, n in (("train", 12), ("test", 6)):
+        users = {f"{split}{i}": 2 for i in range(n)}
+        make_dataset(tmp_path / split, users)
+        for i, uid in enumerate(users):  # make_dataset alternates female, male
+            for j in range(2):
+                item = ("girl" if i % 2 == 0 else "boy") if j == 0 else f"noise{(i * 7 + j) % 5}"
+                rows.append({"split": split, "user_id": uid, "file": f"img{j:02d}.png", "item": item,
+                             "broken": ""})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    out = oracle_submission(tmp_path, tmp_path / "oracle.txt")
+    predicted = read_truth(out)
+    truth = {u.user_id: u.labels["gender"] for u in load_dataset(tmp_path / "test").users}
+    assert len(predicted) == 6
+    assert predicted["gender"].to_dict() == truth
+    with pytest.raises(DataError, match="no manifest.csv"):
+        oracle_submission(tmp_path / "train", tmp_path / "x.txt")

@@ -91,7 +91,7 @@ class SetProfiler(keras.Model):
 
     def __init__(self, dim: int = 1024, cap: int = DEFAULT_CAP, encoder: str = "",
                  hidden: tuple[int, ...] = (256,), dense: tuple[int, ...] = (256,),
-                 dropout: float = 0.5, pooling: str = "meanmax", mean=None, variance=None,
+                 dropout: float = 0.5, pooling: str = "mean", mean=None, variance=None,
                  labels: dict | None = None, profiler_version: str | None = None, **kwargs):
         labels = labels or label_space()
         mean = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
