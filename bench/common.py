@@ -62,3 +62,38 @@ def machine() -> dict:
 def dump(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def figure(stage: str, name: str, samples: list[float], unit: str, **extra) -> dict:
+    """One measured figure: its median and spread over ``samples`` (never typed in)."""
+    return {"stage": stage, "figure": name, "unit": unit, "median": statistics.median(samples),
+            "min": min(samples), "max": max(samples), "runs": len(samples), **extra}
+
+
+def timed(fn, runs: int = 3, warmup: int = 0) -> list[float]:
+    """Seconds for each of ``runs`` calls of ``fn`` (after ``warmup`` untimed calls)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def stage_main(stage_fn, description: str) -> None:
+    """Command-line entry of a stage: run it, print its figures, write them as JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--quick", action="store_true", help="fewer users and runs (a smoke test)")
+    args = parser.parse_args()
+    figures = stage_fn(quick=args.quick)
+    for f in figures:
+        print(f"{f['stage']:10s} {f['figure']:60s} {f['median']:10.3f} {f['unit']} "
+              f"({f['min']:.3f}-{f['max']:.3f}, {f['runs']} runs)", flush=True)
+    if args.json:
+        dump(args.json, {"machine": machine(), "figures": figures})

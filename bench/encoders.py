@@ -8,7 +8,9 @@ and spread over 3 runs of 128 images into an empty cache), how well its embeddin
 apart the sample data's signal emoji (1-nearest-neighbour accuracy of the test split's
 signal images against the train split's, using the answer key ``manifest.csv``; a
 diagnostic, not used by the model), and the set model trained on it with the
-``default`` preset: test macro-F per trait and as a fraction of the Bayes rule's.
+``default`` preset: test macro-F per trait and as a fraction of the Bayes rule's. Then,
+for the first encoder, the head with each set pooling (``--poolings``), the rest of the
+preset unchanged.
 Embeddings of the whole sample go through the cache ``runs/bench/embeddings.sqlite``,
 so a second run embeds nothing. Needs the sample data (``make demo`` makes it, or
 ``profiler sample-data data/sample --users 1000 --seed 0``).
@@ -84,7 +86,7 @@ def signal_recognition(name: str, data: Path, store) -> float:
     return float((knn.predict(x[~train]) == manifest["item"][~train].to_numpy()).mean())
 
 
-def set_model_scores(name: str, data: Path, store, work: Path, seed: int) -> dict:
+def set_model_scores(name: str, data: Path, store, work: Path, seed: int, **overrides) -> dict:
     from data_prep.dataset import load_dataset
     from data_prep.labels import TRAITS
     from profiler.config import resolve
@@ -94,9 +96,9 @@ def set_model_scores(name: str, data: Path, store, work: Path, seed: int) -> dic
     from profiler.training import train
 
     encoder = get_encoder(name)
-    config = resolve("default", overrides={"model": "set", "encoder": name, "seed": seed})
+    config = resolve("default", overrides={"model": "set", "encoder": name, "seed": seed, **overrides})
     embedded = EmbeddedData.build(load_dataset(data / "train"), encoder, store, max_images=config.max_images)
-    run = work / name
+    run = work / "_".join([name, *map(str, overrides.values())])
     shutil.rmtree(run, ignore_errors=True)
     t = time.perf_counter()
     summary = train(embedded, run, config, progress=False)
@@ -109,7 +111,8 @@ def set_model_scores(name: str, data: Path, store, work: Path, seed: int) -> dic
     f = {t: results[name]["traits"][t]["F"] for t in TRAITS}
     ceiling = {t: results[BAYES_NAME]["traits"][t]["F"] for t in TRAITS}
     return {"macro_f": f, "fraction_of_ceiling": {t: f[t] / ceiling[t] for t in TRAITS},
-            "head_train_s": train_s, "epochs": summary["epochs_run"], "predict_test_s": predict_s,
+            "head_train_s": train_s, "epochs": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"], "predict_test_s": predict_s,
             "test_users": len(load_dataset(data / "test").users)}
 
 
@@ -119,6 +122,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/bench"))
     parser.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "open_nsfw"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--poolings", nargs="*", default=["mean", "max", "meanmax", "attention", "sum"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not (args.data / "manifest.csv").is_file():
@@ -140,6 +144,11 @@ def main() -> int:
             rows[name] = {"identity": get_encoder(name).identity, "dim": get_encoder(name).dim,
                           "description": get_encoder(name).description, "speed": speed,
                           "signal_1nn": signal_recognition(name, args.data, store), **scores}
+        pooling_rows = {}
+        for pooling in args.poolings:
+            print(f"{args.encoders[0]}: set pooling {pooling}", file=sys.stderr, flush=True)
+            pooling_rows[pooling] = set_model_scores(args.encoders[0], args.data, store, args.work,
+                                                     args.seed, set_pooling=pooling)
     traits = ("gender", "location", "occupation")
     table = pd.DataFrame([{
         "encoder": name, "dim": r["dim"],
@@ -156,12 +165,22 @@ def main() -> int:
              "emoji. F: the set model's test macro-F (fraction of the Bayes rule's).", "",
              table.to_markdown(index=False), ""]
     lines += [f"- `{name}`: {r['identity']}: {r['description']}" for name, r in rows.items()]
+    if pooling_rows:
+        pooling_table = pd.DataFrame([{
+            "set pooling": pooling,
+            **{f"{t} F": f"{r['macro_f'][t]:.3f} ({r['fraction_of_ceiling'][t]:.0%})" for t in traits},
+            "mean fraction": f"{np.mean(list(r['fraction_of_ceiling'].values())):.0%}",
+            "epochs (best kept)": f"{r['epochs']} ({r['best_epoch']})", "head train s": f"{r['head_train_s']:.0f}",
+        } for pooling, r in pooling_rows.items()])
+        lines += ["", f"## Set pooling ({args.encoders[0]}, `default` preset otherwise)", "",
+                  pooling_table.to_markdown(index=False)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "encoders": rows}, indent=2) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "encoders": rows,
+                                                           "poolings": pooling_rows}, indent=2) + "\n")
     return 0
 
 

@@ -1,36 +1,120 @@
-"""Run the benchmark scripts that exist so far and write their tables into results/.
+"""Run every benchmark stage and write ``results/benchmarks.md`` and ``results/benchmarks.json``.
 
-Reproduce with:  make bench   (or .venv/bin/python bench/run.py)
+Reproduce with:  make bench   (or .venv/bin/python bench/run.py [--quick] [--stages ...])
 
-- bench/prepare_speed.py: decode + resize + stack, 1 and 2 workers, draft on and off;
-- bench/score_speed.py: reading, validating and scoring 1,000,000 users;
-- bench/predict_speed.py: single-user latency and users per second, if ``make demo`` has
-  left a trained model in runs/demo (otherwise it says so and skips).
+Each stage runs in its own process (so memory and TensorFlow state do not carry over)
+and writes its figures as JSON under ``results/bench/``; this script then renders one
+table. Every figure is measured in this run, never typed in: a median with its spread
+over repeated runs (``runs`` = 1 marks a single long run; "projected" marks a figure
+computed from a measured rate, not run). Stages:
+
+- ``decode``  bench/decode.py: decode + resize + stack per core and on every core, at 64
+  and 112 px, against a plain Pillow baseline measured in the same run;
+- ``train``  bench/train_speed.py: Model 1 and Model 2 at 64 and 112 px, seconds per
+  epoch, users per second, and the share of step time spent waiting on input;
+- ``inference``  bench/inference.py: batch 1, 32 and 128, compiled and eager, for both
+  3D CNNs and the set model's head, the encoder per image, single-user latency, and
+  each model's rate as a fraction of the machine's measured peak over its counted FLOPs;
+- ``scaling``  bench/scaling.py: decode and ``profiler predict`` on 1,000 and 10,000
+  users with peak memory, and projections to 100,000 and 1,000,000;
+- ``score``  bench/score_speed.py: reading, validating and scoring 1,000,000 users.
+
+The full run takes about 15 minutes on 2 cores; ``--quick`` is a smoke test of the
+scripts with small sizes (its figures are not for reporting).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGES = {"decode": "bench.decode", "train": "bench.train_speed", "inference": "bench.inference",
+          "scaling": "bench.scaling", "score": "bench.score_speed"}
+
+
+def _value(f: dict) -> str:
+    unit = f["unit"]
+    fmt = (lambda v: f"{v:.0%}") if unit == "share" else (lambda v: f"{v:,.3g}" if v < 100 else f"{v:,.0f}")
+    text = fmt(f["median"])
+    if f["runs"] > 1:
+        text += f" ({fmt(f['min'])}–{fmt(f['max'])})"
+    return text + ("" if unit == "share" else f" {unit}")
+
+
+def _note(f: dict) -> str:
+    notes = []
+    if "ratio_to_baseline" in f:
+        notes.append(f"{f['ratio_to_baseline']:.2f}× the plain baseline")
+    if "users_per_s" in f:
+        notes.append(f"{f['users_per_s']:,.1f} users/s")
+    if "ceiling_users_per_s" in f:
+        notes.append(f"ceiling {f['ceiling_users_per_s']:,.0f} users/s")
+    if "in_memory_s" in f:
+        notes.append(f"{f['in_memory_s']:.2f} s an epoch from memory")
+    if "workers_peak_mib" in f:
+        notes.append(f"largest decoding worker {f['workers_peak_mib']:,.0f} MiB")
+    if f.get("projected"):
+        notes.append("projected, not run")
+    return "; ".join(notes)
+
+
+def render(results: dict, machine: dict, seconds: float) -> str:
+    lines = ["# Benchmarks", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, "
+             + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("cpu", "cores", "python"))
+             + f". Made by `make bench` (`bench/run.py`) in {seconds / 60:.0f} min; every figure measured "
+             "in that run: median (min–max) over repeated runs.", ""]
+    for stage, payload in results.items():
+        lines += [f"## {stage}", "", "| figure | value | note |", "|---|---|---|"]
+        lines += [f"| {f['figure']} | {_value(f)} | {_note(f)} |" for f in payload["figures"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    out = {}
+    for package in ("tensorflow", "keras", "numpy", "pillow", "onnxruntime"):
+        try:
+            out[package] = version(package)
+        except Exception:  # not installed
+            out[package] = None
+    return out
 
 
 def main() -> int:
-    python = sys.executable
-    steps = [["-m", "bench.prepare_speed", "--out", "results/bench_prepare.md"],
-             ["-m", "bench.score_speed", "--out", "results/bench_score.md"]]
-    model = ROOT / "runs" / "demo" / "model1" / "model.keras"
-    if model.is_file():
-        steps.append(["-m", "bench.predict_speed", "--model", str(model), "--data", "data/sample",
-                      "--out", "results/bench_predict.md"])
-    else:
-        print(f"skipping bench/predict_speed.py: no {model.relative_to(ROOT)} (run 'make demo' first)")
-    for step in steps:
-        print(f"$ python {' '.join(step)}", flush=True)
-        code = subprocess.call([python, *step], cwd=ROOT)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the scripts run")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from bench.common import machine
+
+    start = time.perf_counter()
+    work = args.out / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for stage in args.stages:
+        cmd = [sys.executable, "-m", STAGES[stage], "--json", str(work / f"{stage}.json")]
+        cmd += ["--quick"] if args.quick else []
+        print(f"$ {' '.join(cmd[1:])}", flush=True)
+        code = subprocess.call(cmd, cwd=ROOT)
         if code:
+            print(f"stage {stage} failed (exit {code})", file=sys.stderr)
             return code
+        results[stage] = json.loads((work / f"{stage}.json").read_text())
+    seconds = time.perf_counter() - start
+    info = {**machine(), **versions()}
+    (args.out / "benchmarks.md").write_text(render(results, info, seconds) + "\n")
+    (args.out / "benchmarks.json").write_text(json.dumps({"machine": info, "seconds": seconds,
+                                                           "stages": results}, indent=2) + "\n")
+    print(f"wrote {args.out / 'benchmarks.md'} and benchmarks.json")
     return 0
 
 

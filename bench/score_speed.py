@@ -1,19 +1,18 @@
 """Benchmark ``profiler score``: seconds to read, validate and score 1,000,000 users.
 
-Reproduce with:  .venv/bin/python -m bench.score_speed [--users 1000000] [--out FILE]
+Reproduce with:  .venv/bin/python -m bench.score_speed [--json out.json] [--quick]
 Writes a truth file and a 60 %-correct submission under /tmp, then times the library
-path the CLI takes (read + validate + score + render) and ``score`` alone.
+path the CLI takes (read, validate, score and render), median of 3.
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import figure, stage_main
 from data_prep.labels import LABELS, TRAITS
 from profiler.evaluation import load_submission, load_truth_for_scoring, score
 from profiler.reports import render
@@ -32,31 +31,24 @@ def write_files(folder: Path, users: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+def run(quick: bool = False) -> list[dict]:
+    users, runs = (20_000, 2) if quick else (1_000_000, 3)
     folder = Path(tempfile.mkdtemp(prefix="profiler-bench-score-"))
-    truth_path, sub_path = write_files(folder, args.users)
-    t0 = time.perf_counter()
-    truth = load_truth_for_scoring(truth_path)
-    t1 = time.perf_counter()
-    sub = load_submission(sub_path, truth)
-    t2 = time.perf_counter()
-    result = score(truth, sub.predictions)
-    t3 = time.perf_counter()
-    render({"sub": result})
-    t4 = time.perf_counter()
-    lines = [f"machine: {machine()}", "",
-             "| users | read truth s | read + validate submission s | score s | render s | total s |",
-             "|---|---|---|---|---|---|",
-             f"| {args.users:,} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} | {t4 - t3:.3f} | {t4 - t0:.2f} |"]
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text("# profiler score: speed\n\nMade by `python -m bench.score_speed "
-                            f"--out {args.out}`.\n\n" + "\n".join(lines) + "\n")
+    truth_path, sub_path = write_files(folder, users)
+    parts = {"read truth": [], "read + validate submission": [], "score": [], "total": []}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        truth = load_truth_for_scoring(truth_path)
+        t1 = time.perf_counter()
+        sub = load_submission(sub_path, truth)
+        t2 = time.perf_counter()
+        result = score(truth, sub.predictions)
+        render({"sub": result})
+        t3 = time.perf_counter()
+        for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+            parts[key].append(value)
+    return [figure("score", f"{users:,} users: {key}", values, "s") for key, values in parts.items()]
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(run, __doc__)

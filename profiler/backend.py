@@ -9,6 +9,9 @@ The ``tensorflow`` wheel prints, from C++ and before its logging is set up, that
 no CUDA driver and which CPU features it uses. ``import_keras`` captures what is written
 to file descriptor 2 while TensorFlow loads and looks for devices, drops those known
 lines, and writes everything else back to stderr, so real errors still show.
+
+Threads: TensorFlow and ONNX Runtime use one thread per core by default;
+``$PROFILER_THREADS`` sets both (``compute_threads``).
 """
 from __future__ import annotations
 
@@ -50,6 +53,19 @@ def _quiet_stderr_fd():
                     print(line, file=sys.stderr)
 
 
+def compute_threads() -> int:
+    """Threads for TensorFlow's and ONNX Runtime's kernels: ``$PROFILER_THREADS``, 0 = their default.
+
+    Their default is one per core, which is right on a machine of its own; set it lower
+    to leave cores to other work (decoding processes, a second job).
+    """
+    value = os.environ.get("PROFILER_THREADS", "").strip()
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        raise SystemExit(f"PROFILER_THREADS must be a whole number, not {value!r}") from None
+
+
 def import_keras():
     """Import and return ``keras``; with TensorFlow as backend, quietly, devices initialised."""
     global _loaded
@@ -62,6 +78,10 @@ def import_keras():
             if keras.backend.backend() == "tensorflow":
                 import tensorflow as tf
 
+                threads = compute_threads()
+                if threads:
+                    tf.config.threading.set_intra_op_parallelism_threads(threads)
+                    tf.config.threading.set_inter_op_parallelism_threads(threads)
                 tf.config.list_physical_devices()
         _loaded = True
     import keras

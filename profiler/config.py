@@ -91,8 +91,10 @@ class TrainConfig:
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.p >= 1 and self.size >= 8, "p must be at least 1 and size at least 8"),
             (set(self.head_weights) == set(TRAITS), f"head_weights needs exactly the keys {TRAITS}"),
-            (self.filters is None or (isinstance(self.filters, list)
-                                      and len(self.filters) == CONVOLUTIONS.get(self.model)),
+            (self.filters is None or self.model in CONVOLUTIONS,
+             f"filters sets the 3D CNNs' convolutions; the {self.model} model has none"),
+            (self.filters is None or self.model not in CONVOLUTIONS
+             or (isinstance(self.filters, list) and len(self.filters) == CONVOLUTIONS[self.model]),
              f"filters needs {CONVOLUTIONS.get(self.model)} counts for {self.model} "
              f"(one per convolution), not {self.filters!r}"),
         ]

@@ -15,7 +15,7 @@ from profiler.models import load_model
 from profiler.training import class_weights, split_indices, train
 from tests.helpers import make_dataset
 
-TINY = ["--set", "filters=[4,4,4,4]", "--set", "dense=[8]", "--batch-size", "4"]
+TINY = ["--model", "model1", "--set", "filters=[4,4,4,4]", "--set", "dense=[8]", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ resize to 256x256, a JPEG round trip, centre crop 224, BGR, minus the channel me
 """
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 
@@ -39,11 +38,13 @@ class OpenNsfwEncoder(Encoder):
         import onnx
         import onnxruntime as ort
 
+        from profiler.backend import compute_threads
+
         model = onnx.load(str(self.weights_path))
         model.graph.output.append(
             onnx.helper.make_tensor_value_info(EMBEDDING_TENSOR, onnx.TensorProto.FLOAT, ["batch", self.dim]))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("PROFILER_THREADS", "0") or 0)
+        options.intra_op_num_threads = compute_threads()
         options.log_severity_level = 3
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

@@ -21,7 +21,9 @@ def flops_per_user(model) -> int:
     for layer in model.layers:
         output = getattr(layer, "output", None)
         out = _elements(output.shape) if hasattr(output, "shape") else 0
-        if isinstance(layer, (keras.layers.Conv3D, keras.layers.Conv2D)):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            total += 2 * out * int(np.prod(layer.kernel_size))
+        elif isinstance(layer, (keras.layers.Conv3D, keras.layers.Conv2D)):
             kernel = int(np.prod(layer.kernel_size)) * int(layer.input.shape[-1])
             total += 2 * out * kernel
         elif isinstance(layer, keras.layers.Dense):
@@ -30,6 +32,6 @@ def flops_per_user(model) -> int:
                                 keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling2D)):
             total += _elements(layer.input.shape)
         elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Activation,
-                                keras.layers.Rescaling)):
+                                keras.layers.Rescaling, keras.layers.ReLU, keras.layers.Add)):
             total += out
     return int(total)
