@@ -7,7 +7,9 @@ embeddings, 2,560-d, cap 32) with, separately, its encoder per image; weights ar
 random (speed does not depend on them). For each batch size: users per second of a
 compiled forward pass (``predict_on_batch``) and of an eager call (``model(x)``), median
 of 5 after a warm-up. Latency: one user of 11 JPEGs through ``Predictor`` (decode,
-embed or stack, model), model loaded, median of 10.
+embed or stack, model), model loaded, median of 10. Before/after: ``Predictor`` with the
+eager model call it used before and the compiled call it uses now, on one user and on
+200 users, in the same run.
 
 The limit: each model's forward FLOPs per user are counted from its layers
 (``profiler.models.flops``); the machine's peak is measured in the same run as the best
@@ -105,7 +107,59 @@ def run(quick: bool = False) -> list[dict]:
     out.append(figure("limit", "EfficientNet-Lite0: inference as a fraction of peak/FLOPs",
                       [float(np.median(rates)) / (best_peak / encoder_flops)], "share"))
     out += latency(quick)
+    out += before_after(quick)
     return out
+
+
+def before_after(quick: bool) -> list[dict]:
+    """``Predictor`` end to end as it was (an eager model call) and as it is (compiled), in one run."""
+    from data_prep.cache import default_workers
+    from data_prep.dataset import load_dataset
+    from profiler.models.io import save_model
+    from profiler.prediction import COMPUTE_BATCH, Predictor, iter_predictions
+
+    class EagerPredictor(Predictor):  # the code before: ``self.model(chunk, training=False)``
+        def probabilities(self, volumes):
+            n = len(volumes)
+            out = {t: [] for t in self.info["labels"]}
+            for start in range(0, n, COMPUTE_BATCH):
+                chunk = volumes[start:start + COMPUTE_BATCH]
+                if len(chunk) < COMPUTE_BATCH:
+                    pad = np.zeros((COMPUTE_BATCH - len(chunk),) + chunk.shape[1:], chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                result = self.model(chunk, training=False)
+                for t in out:
+                    out[t].append(np.asarray(result[t])[:min(COMPUTE_BATCH, n - start)])
+            return {t: np.concatenate(v) for t, v in out.items()}
+
+    n_users = 40 if quick else 200
+    root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / f"u{n_users}", n_users)
+    users = load_dataset(root).users
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (model, _) in _models().items():
+            if name == "set head":
+                continue
+            path = Path(tmp) / f"{name}.keras"
+            save_model(model, path)
+            for label, kind in (("before: eager call", EagerPredictor), ("after: compiled", Predictor)):
+                predictor = kind(*_loaded(path))
+                list(iter_predictions(users[:1], predictor))  # warm-up
+                one = timed(lambda: list(iter_predictions(users[:1], predictor)), 3 if quick else 10)
+                many = timed(lambda: list(iter_predictions(users, predictor, workers=default_workers())),
+                             1 if quick else 3)
+                out.append(figure("predict", f"{name}: one user, model loaded, {label}",
+                                  [t * 1000 for t in one], "ms"))
+                out.append(figure("predict", f"{name}: {n_users} users (decode + model), {label}",
+                                  [n_users / t for t in many], "users/s"))
+    return out
+
+
+def _loaded(path):
+    from profiler.models.io import load_model, model_info
+
+    model = load_model(path)
+    return model, model_info(model)
 
 
 def latency(quick: bool) -> list[dict]:
@@ -131,13 +185,14 @@ def latency(quick: bool) -> list[dict]:
             with EmbeddingStore(Path(tmp) / "e.sqlite") as store:
                 predictor = Predictor.load(path, store=store)
                 list(iter_predictions([user], predictor))  # warm-up; embeds the 11 images
-                if predictor.is_set:  # a fresh cache each time: the images are new to it
-                    def once():
+
+                def once():
+                    if predictor.is_set:  # a fresh cache each time: the images are new to it
                         predictor.store = EmbeddingStore(Path(tmp) / f"e{time.perf_counter_ns()}.sqlite")
-                        list(iter_predictions([user], predictor))
-                else:
-                    def once():
-                        list(iter_predictions([user], predictor))
+                    list(iter_predictions([user], predictor))
+                    if predictor.is_set:
+                        predictor.store.close()
+
                 times = timed(once, 3 if quick else 10)
             out.append(figure("latency", f"{name}: one user of 11 JPEGs, model loaded",
                               [t * 1000 for t in times], "ms"))

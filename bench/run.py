@@ -53,6 +53,8 @@ def _note(f: dict) -> str:
         notes.append(f"{f['users_per_s']:,.1f} users/s")
     if "ceiling_users_per_s" in f:
         notes.append(f"ceiling {f['ceiling_users_per_s']:,.0f} users/s")
+    if "share_of_epoch" in f:
+        notes.append(f"{f['share_of_epoch']:.1%} of an epoch's time")
     if "in_memory_s" in f:
         notes.append(f"{f['in_memory_s']:.2f} s an epoch from memory")
     if "workers_peak_mib" in f:
