@@ -103,6 +103,9 @@ def run(quick: bool = False) -> list[dict]:
     enc_times = timed(lambda: encoder.embed(x), runs, warmup=1)
     rates = [16 / t for t in enc_times]
     out.append(figure("inference", "EfficientNet-Lite0 encoder: batch 16, compiled", rates, "images/s"))
+    eager = timed(lambda: encoder.network(x, training=False), runs, warmup=1)
+    out.append(figure("inference", "EfficientNet-Lite0 encoder: batch 16, eager call", [16 / t for t in eager],
+                      "images/s"))
     out.append(figure("limit", "EfficientNet-Lite0: FLOPs per image (counted)", [encoder_flops / 1e9], "GFLOP"))
     out.append(figure("limit", "EfficientNet-Lite0: inference as a fraction of peak/FLOPs",
                       [float(np.median(rates)) / (best_peak / encoder_flops)], "share"))
