@@ -138,3 +138,32 @@ def test_unknown_encoder_is_a_clean_error(tmp_path):
                                        "--set", "encoder=efficientnet_lit0"])
     assert result.exit_code == 1
     assert "encoder must be one of" in result.output and "'efficientnet_lit0'" in result.output
+
+
+def test_set_training_resumes_exactly_and_is_deterministic(tmp_path):
+    """The set model goes through the same training code: an interrupted run resumes to the same weights."""
+    import pandas as pd
+
+    from data_prep.dataset import load_dataset
+    from profiler.config import resolve
+    from profiler.embeddings import EmbeddedData, EmbeddingStore
+    from profiler.models import load_model
+    from profiler.training import train
+    from tests.helpers import TinyEncoder
+
+    data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
+    config = resolve("default", overrides={"model": "set", "encoder": "tiny", "hidden": [4], "dense": [4],
+                                           "cap": 4, "batch_size": 4, "epochs": 3})
+    train(embedded, tmp_path / "whole", config, progress=False)
+    train(embedded, tmp_path / "again", config, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(embedded, tmp_path / "cut", config, progress=False, interrupt_after_batches=7)
+    train(embedded, tmp_path / "cut", config, progress=False, resume=True)
+    whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    for other in ("again", "cut"):
+        pd.testing.assert_frame_equal(whole, pd.read_csv(tmp_path / other / "history.csv").drop(columns="seconds"))
+        a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / other / "last.keras")
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            assert np.array_equal(wa, wb)
