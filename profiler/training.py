@@ -1,7 +1,8 @@
 """Training a profiler model on a prepared cache: one code path for every model.
 
-- **Data**: a ``tf.data`` pipeline over the memory-mapped cache, batched and prefetched
-  so the model does not wait. Each epoch's order, image choice and flips come from a
+- **Data**: a ``tf.data`` pipeline over the memory-mapped cache (the 3D CNNs) or the
+  users' image embeddings (``EmbeddedData``, the set model), batched and prefetched so
+  the model does not wait. Each epoch's order, image choice and flips come from a
   random stream seeded by ``(seed, epoch)`` alone, so an epoch is the same whether the
   run was interrupted or not.
 - **Loss**: categorical cross-entropy summed over the three heads (the paper's Eq. 1),
@@ -347,9 +348,11 @@ def set_determinism(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def train(cache: Cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
+def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
           progress: bool = True, interrupt_after_batches: int | None = None) -> dict:
     """Train one model on ``cache`` into ``run_dir``; return the summary.
+
+    ``cache`` is a prepared ``Cache`` for Model 1 and 2, an ``EmbeddedData`` for the set model.
 
     ``interrupt_after_batches`` (for tests) raises ``KeyboardInterrupt`` after that many
     training batches, as a kill would.
