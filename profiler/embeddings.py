@@ -14,6 +14,7 @@ chosen as the 3D models' decoder chooses them (an even spread first, then the re
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 import sys
@@ -29,6 +30,7 @@ from data_prep.errors import DataError, ImageError
 from data_prep.images import open_rgb
 from data_prep.labels import LABELS, TRAITS
 
+log = logging.getLogger("profiler")
 STORE_NAME = "embeddings.sqlite"
 #: images embedded per network call group (bounds memory: ~0.6 MB an image at 224 px)
 EMBED_CHUNK = 128
@@ -216,8 +218,8 @@ class EmbeddedData:
         empty = [e.user_id for e in embedded if not len(e.images)]
         if empty:
             shown = ", ".join(empty[:10]) + (f", ... ({len(empty)} in all)" if len(empty) > 10 else "")
-            print(f"warning: {len(empty)} user(s) have no usable image and are left out: {shown}",
-                  file=sys.stderr)
+            log.warning("%s: %d user(s) have no usable image and are left out: %s",
+                        dataset.root, len(empty), shown)
         keep = [k for k, e in enumerate(embedded) if len(e.images)]
         labels = None
         if dataset.has_truth:
