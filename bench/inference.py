@@ -119,21 +119,11 @@ def before_after(quick: bool) -> list[dict]:
     from data_prep.cache import default_workers
     from data_prep.dataset import load_dataset
     from profiler.models.io import save_model
-    from profiler.prediction import COMPUTE_BATCH, Predictor, iter_predictions
+    from profiler.prediction import Predictor, iter_predictions
 
     class EagerPredictor(Predictor):  # the code before: ``self.model(chunk, training=False)``
-        def probabilities(self, volumes):
-            n = len(volumes)
-            out = {t: [] for t in self.info["labels"]}
-            for start in range(0, n, COMPUTE_BATCH):
-                chunk = volumes[start:start + COMPUTE_BATCH]
-                if len(chunk) < COMPUTE_BATCH:
-                    pad = np.zeros((COMPUTE_BATCH - len(chunk),) + chunk.shape[1:], chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
-                result = self.model(chunk, training=False)
-                for t in out:
-                    out[t].append(np.asarray(result[t])[:min(COMPUTE_BATCH, n - start)])
-            return {t: np.concatenate(v) for t, v in out.items()}
+        def _forward(self, chunk):
+            return self.model(chunk, training=False)
 
     n_users = 40 if quick else 200
     root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / f"u{n_users}", n_users)

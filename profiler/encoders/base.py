@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from profiler.batching import padded_chunks
+
 
 def file_digest(path: str | Path, length: int = 12) -> str:
     """The first ``length`` hex digits of the SHA-256 of a file."""
@@ -60,12 +62,5 @@ class Encoder:
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         """Embeddings (n, dim) float32 of preprocessed inputs (n, ...)."""
-        n = len(inputs)
-        out = np.zeros((n, self.dim), np.float32)
-        for start in range(0, n, self.chunk):
-            part = inputs[start:start + self.chunk]
-            if len(part) < self.chunk:
-                pad = np.zeros((self.chunk - len(part),) + part.shape[1:], part.dtype)
-                part = np.concatenate([part, pad])
-            out[start:start + self.chunk] = self._run(part)[:min(self.chunk, n - start)]
-        return out
+        out = [self._run(chunk)[:n_real] for chunk, n_real in padded_chunks(inputs, self.chunk)]
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, self.dim), np.float32)
