@@ -91,13 +91,11 @@ def set_model_scores(name: str, data: Path, store, work: Path, seed: int, **over
     from data_prep.labels import TRAITS
     from profiler.config import resolve
     from profiler.embeddings import EmbeddedData
-    from profiler.encoders import get_encoder
     from profiler.pipeline import BAYES_NAME, predict_submission, score_files
     from profiler.training import train
 
-    encoder = get_encoder(name)
     config = resolve("default", overrides={"model": "set", "encoder": name, "seed": seed, **overrides})
-    embedded = EmbeddedData.build(load_dataset(data / "train"), encoder, store, max_images=config.max_images)
+    embedded = EmbeddedData.for_training(load_dataset(data / "train"), config, store)
     run = work / "_".join([name, *map(str, overrides.values())])
     shutil.rmtree(run, ignore_errors=True)
     t = time.perf_counter()

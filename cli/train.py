@@ -44,7 +44,6 @@ def embed_dataset(source: Path, config, *, store_path: Path | None, allow_missin
     from data_prep.dataset import find_truth, load_dataset
     from data_prep.errors import DataError
     from profiler.embeddings import EmbeddedData, EmbeddingStore
-    from profiler.encoders import get_encoder
 
     if (source / "meta.json").is_file():
         raise DataError(f"{source}: a prepared image cache; the set model embeds the original "
@@ -52,10 +51,8 @@ def embed_dataset(source: Path, config, *, store_path: Path | None, allow_missin
     if find_truth(source) is None:
         raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
     dataset = load_dataset(source, missing="warn" if allow_missing else "error")
-    encoder = get_encoder(config.encoder)
     with EmbeddingStore(store_path) as store:
-        data = EmbeddedData.build(dataset, encoder, store, max_images=max(config.max_images, config.cap),
-                                  progress=progress)
+        data = EmbeddedData.for_training(dataset, config, store, progress=progress)
         click.echo(f"{data.summary()}; embedding cache {store.path}: {store.hits} hits, "
                    f"{store.misses} images embedded", err=True)
     return data

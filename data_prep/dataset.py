@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.errors import DataError
+from data_prep.errors import DataError, listing
 from data_prep.labels import TRAITS
 from data_prep.truth import read_truth
 
@@ -123,9 +123,8 @@ def load_dataset(
     table = read_truth(truth_path)
     absent = [uid for uid in table.index if uid not in folders]
     if absent and missing == "error":
-        shown = ", ".join(absent[:10]) + (f", ... ({len(absent)} in all)" if len(absent) > 10 else "")
         raise DataError(
-            f"{truth_path}: {len(absent)} user(s) have no image folder in {image_dir}: {shown} "
+            f"{truth_path}: {len(absent)} user(s) have no image folder in {image_dir}: {listing(absent)} "
             "(use --allow-missing to leave them out)"
         )
     if absent:

@@ -40,6 +40,11 @@ class DataError(Exception):
         return cls("\n".join(lines), problems)
 
 
+def listing(items: list[str], limit: int = 10) -> str:
+    """``items`` joined by commas, the first ``limit`` only, then how many there are in all."""
+    return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
 class ImageError(Exception):
     """An image file that cannot be used; the message names the file and the reason."""
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from data_prep.cache import DEFAULT_MAX_IMAGES, DecodedUser, candidate_order
 from data_prep.dataset import Dataset, User
-from data_prep.errors import DataError, ImageError
+from data_prep.errors import DataError, ImageError, listing
 from data_prep.images import open_rgb
 from data_prep.labels import LABELS, TRAITS
 
@@ -217,9 +217,8 @@ class EmbeddedData:
         embedded = embed_users(dataset.users, encoder, store, max_images=max_images, progress=progress)
         empty = [e.user_id for e in embedded if not len(e.images)]
         if empty:
-            shown = ", ".join(empty[:10]) + (f", ... ({len(empty)} in all)" if len(empty) > 10 else "")
             log.warning("%s: %d user(s) have no usable image and are left out: %s",
-                        dataset.root, len(empty), shown)
+                        dataset.root, len(empty), listing(empty))
         keep = [k for k, e in enumerate(embedded) if len(e.images)]
         labels = None
         if dataset.has_truth:
@@ -230,6 +229,15 @@ class EmbeddedData:
         return cls(dataset.root, encoder.identity, encoder.dim, [embedded[k].user_id for k in keep],
                    vectors, np.array([len(embedded[k].images) for k in keep]), labels,
                    skipped=sum(len(e.skipped) for e in embedded))
+
+    @classmethod
+    def for_training(cls, dataset: Dataset, config, store: EmbeddingStore, *, encoder=None,
+                     progress: bool = False) -> "EmbeddedData":
+        """``build`` as a ``TrainConfig`` asks: its encoder, and enough images per user for ``cap``."""
+        from profiler.encoders import get_encoder
+
+        return cls.build(dataset, encoder or get_encoder(config.encoder), store,
+                         max_images=max(config.max_images, config.cap), progress=progress)
 
     def __len__(self) -> int:
         return len(self.user_ids)

@@ -218,8 +218,8 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     _log(f"[2/5] embedding the training images with {encoder.identity} (cache: {store_path})")
     t = time.perf_counter()
     with EmbeddingStore(store_path) as store:
-        embedded = EmbeddedData.build(load_dataset(data / "train"), encoder, store,
-                                      max_images=configs["set"].max_images, progress=progress)
+        embedded = EmbeddedData.for_training(load_dataset(data / "train"), configs["set"], store,
+                                             encoder=encoder, progress=progress)
         timings["embed_train_s"] = time.perf_counter() - t
         timings["embed_train_images_new"] = store.misses
     _log("[3/5] training the set model, then preparing the images for the 3D CNNs and training them")
@@ -232,17 +232,18 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         summaries[name] = _train_once(name, configs[name], cache, runs / name, progress, timings)
     _log("[4/5] predicting the test split with each model")
     submissions = {}
-    test_users = len(load_dataset(data / "test").users)
     for name in ("set", "model1", "model2"):
         t = time.perf_counter()
         with EmbeddingStore(store_path) as store:
-            predict_submission(runs / name / "model.keras", data / "test", out / "submissions" / f"{name}.txt",
-                        workers=workers, progress=progress, store=store)
+            predicted = predict_submission(runs / name / "model.keras", data / "test",
+                                           out / "submissions" / f"{name}.txt", workers=workers,
+                                           progress=progress, store=store)
             if name == "set":
                 timings["predict_set_images_new"] = store.misses
         timings[f"predict_{name}_s"] = time.perf_counter() - t
-        timings[f"predict_{name}_users_per_s"] = test_users / timings[f"predict_{name}_s"]
+        timings[f"predict_{name}_users_per_s"] = len(predicted) / timings[f"predict_{name}_s"]
         submissions[SYSTEM_NAMES[name]] = out / "submissions" / f"{name}.txt"
+    test_users = len(predicted)
     _log("[5/5] scoring and writing results")
     oracle_submission(data, out / "submissions" / "item_oracle.txt")
     submissions[ORACLE_NAME] = out / "submissions" / "item_oracle.txt"
