@@ -24,9 +24,9 @@ from keras import ops
 
 from data_prep.labels import TRAITS, label_space
 from profiler import __version__
+from profiler.config import SET_POOLINGS
 from profiler.models.heads import classification_stage, trait_heads
 
-SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention")
 DEFAULT_CAP = 32
 
 
