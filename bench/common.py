@@ -34,6 +34,24 @@ def make_jpeg_dataset(root: Path, users: int, images: int = 11, size: int = 400,
     return root
 
 
+def bench_jpegs(users: int) -> Path:
+    """The shared benchmark dataset of ``users`` users of 11 JPEGs, made once under /tmp."""
+    import tempfile
+
+    return make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / f"u{users}", users)
+
+
+def untrained(model: str, size: int = 64):
+    """A freshly initialised Model 1 or Model 2 for ``size`` px volumes (speed needs no training)."""
+    from profiler.config import resolve
+    from profiler.training import build_model
+
+    class Shape:  # what build_model reads of a cache
+        image_size = (size, size)
+
+    return build_model(resolve("default", overrides={"model": model}), Shape())
+
+
 def repeat(fn, runs: int = 3) -> dict:
     """Time ``fn`` ``runs`` times; the median and spread in seconds."""
     times = []

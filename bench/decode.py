@@ -10,13 +10,11 @@ resize -> numpy stack, one process), as a ratio.
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bench.common import figure, make_jpeg_dataset, stage_main, timed
+from bench.common import bench_jpegs, figure, stage_main, timed
 
 
 def plain_decode(users, size: int) -> np.ndarray:
@@ -33,7 +31,7 @@ def run(quick: bool = False) -> list[dict]:
     from data_prep.dataset import load_dataset
 
     n_users, runs = (40, 2) if quick else (200, 3)
-    root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / f"u{n_users}", n_users)
+    root = bench_jpegs(n_users)
     users = load_dataset(root).users
     cores = default_workers()
     out = []

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import figure, make_jpeg_dataset, stage_main, timed
+from bench.common import bench_jpegs, figure, stage_main, timed, untrained
 
 
 def measured_peak(runs: int = 10) -> list[float]:
@@ -45,16 +45,11 @@ def measured_peak(runs: int = 10) -> list[float]:
 
 
 def _models():
-    from profiler.config import resolve
     from profiler.models.set_head import SetProfiler
-    from profiler.training import build_model
-
-    class Shape:  # what build_model reads of a cache
-        image_size = (64, 64)
 
     out = {}
     for name in ("model1", "model2"):
-        out[name] = (build_model(resolve("default", overrides={"model": name}), Shape()),
+        out[name] = (untrained(name),
                      lambda n: np.random.default_rng(0).integers(0, 255, (n, 11, 64, 64, 3), np.uint8))
     head = SetProfiler(2560, cap=32, encoder="efficientnet_lite0:avgmax@bench")
 
@@ -126,7 +121,7 @@ def before_after(quick: bool) -> list[dict]:
             return self.model(chunk, training=False)
 
     n_users = 40 if quick else 200
-    root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / f"u{n_users}", n_users)
+    root = bench_jpegs(n_users)
     users = load_dataset(root).users
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,7 +157,7 @@ def latency(quick: bool) -> list[dict]:
     from profiler.models.io import save_model
     from profiler.prediction import Predictor, iter_predictions
 
-    root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / "u40", 40)
+    root = bench_jpegs(40)
     user = load_dataset(root).users[0]
     out = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,6 @@ must not grow with the number of users.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import figure, make_jpeg_dataset, stage_main
+from bench.common import bench_jpegs, figure, stage_main, untrained
 
 LAUNCH = ("import atexit, resource, sys\n"
           "def report():\n"
@@ -36,7 +35,7 @@ LAUNCH = ("import atexit, resource, sys\n"
 
 def linked_dataset(n_users: int) -> Path:
     """``n_users`` users whose 11 files are hard links into a 40-user JPEG dataset."""
-    pool_root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / "u40", 40)
+    pool_root = bench_jpegs(40)
     pool = sorted((pool_root / "images").rglob("*.jpg"))
     root = Path(tempfile.gettempdir()) / "profiler-bench-linked" / f"u{n_users}"
     if (root / "images").is_dir() and len(os.listdir(root / "images")) == n_users:
@@ -71,19 +70,14 @@ def run(quick: bool = False) -> list[dict]:
     from profiler.backend import import_keras
 
     import_keras()
-    from profiler.config import resolve
     from profiler.models.io import save_model
-    from profiler.training import build_model
 
     sizes = (200, 1000) if quick else (1000, 10000)
     config = PrepareConfig(height=64, width=64)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        class Shape:
-            image_size = (64, 64)
-
         model = Path(tmp) / "model1.keras"
-        save_model(build_model(resolve("default", overrides={"model": "model1"}), Shape()), model)
+        save_model(untrained("model1"), model)
         for n in sizes:
             data = linked_dataset(n)
             users = load_dataset(data).users

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import figure, make_jpeg_dataset, stage_main
+from bench.common import bench_jpegs, figure, stage_main
 
 
 def _cache(n_users: int, size: int):
     from data_prep.cache import PrepareConfig, prepare
     from data_prep.labels import LABELS, TRAITS
 
-    root = make_jpeg_dataset(Path(tempfile.gettempdir()) / "profiler-bench-jpeg" / f"u{n_users}", n_users)
+    root = bench_jpegs(n_users)
     rng = np.random.default_rng(0)
     truth = root / "truth.txt"
     if not truth.is_file():
