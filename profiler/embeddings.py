@@ -200,7 +200,8 @@ class EmbeddedData:
     """
 
     def __init__(self, root: Path, encoder: str, dim: int, user_ids: list[str], vectors: np.ndarray,
-                 counts: np.ndarray, labels: dict[str, np.ndarray] | None, skipped: int = 0):
+                 counts: np.ndarray, labels: dict[str, np.ndarray] | None, skipped: int = 0,
+                 files: list[str] | None = None):
         self.root = root
         self.encoder = encoder
         self.dim = dim
@@ -210,6 +211,8 @@ class EmbeddedData:
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self._labels = labels
         self.skipped = skipped
+        #: the file name of each row of ``vectors`` (inside its user's folder), where known
+        self.files = files
 
     @classmethod
     def build(cls, dataset: Dataset, encoder, store: EmbeddingStore, *,
@@ -228,7 +231,8 @@ class EmbeddedData:
                    else np.zeros((0, encoder.dim), np.float32))
         return cls(dataset.root, encoder.identity, encoder.dim, [embedded[k].user_id for k in keep],
                    vectors, np.array([len(embedded[k].images) for k in keep]), labels,
-                   skipped=sum(len(e.skipped) for e in embedded))
+                   skipped=sum(len(e.skipped) for e in embedded),
+                   files=[name for k in keep for name in embedded[k].used])
 
     @classmethod
     def for_training(cls, dataset: Dataset, config, store: EmbeddingStore, *, encoder=None,
@@ -253,6 +257,10 @@ class EmbeddedData:
 
     def user_images(self, i: int) -> np.ndarray:
         return self.vectors[self.offsets[i]:self.offsets[i] + self.counts[i]]
+
+    def image_users(self) -> np.ndarray:
+        """The user position of each row of ``vectors``."""
+        return np.repeat(np.arange(len(self)), self.counts)
 
     def summary(self) -> str:
         return (f"{self.root}: {len(self)} users, {len(self.vectors)} image embeddings from "

@@ -190,6 +190,8 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     from data_prep.sample.generate import SampleConfig, generate
     from data_prep.sample.oracle import NAME as ORACLE_NAME
     from data_prep.sample.oracle import oracle_submission
+    from data_prep.sample.probe import NAME as PROBE_NAME
+    from data_prep.sample.probe import probe_submission
     from profiler.config import resolve
     from profiler.embeddings import STORE_NAME, EmbeddedData, EmbeddingStore
     from profiler.encoders import get_encoder
@@ -247,6 +249,13 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     _log("[5/5] scoring and writing results")
     oracle_submission(data, out / "submissions" / "item_oracle.txt")
     submissions[ORACLE_NAME] = out / "submissions" / "item_oracle.txt"
+    t = time.perf_counter()
+    with EmbeddingStore(store_path) as store:  # the test images are all in the cache by now
+        embedded_test = EmbeddedData.for_training(load_dataset(data / "test"), configs["set"], store,
+                                                  encoder=encoder)
+    probe_submission(data, embedded, embedded_test, out / "submissions" / "instance_probe.txt")
+    timings["instance_probe_s"] = time.perf_counter() - t
+    submissions[PROBE_NAME] = out / "submissions" / "instance_probe.txt"
     shutil.copyfile(data / "bayes_rule_test.txt", out / "submissions" / "bayes_rule.txt")
     submissions[BAYES_NAME] = out / "submissions" / "bayes_rule.txt"
     results = score_files(data / "test", submissions, seed=seed)
@@ -271,7 +280,12 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         "Macro-F (F) and accuracy (Acc) on the test split. The Bayes rule is the best any reader "
         "of the images could do (the sample data's ceiling). The item oracle reads which emoji each "
         "image shows from the answer key and learns from the training split: what the training "
-        "data allows with a perfect encoder.", "",
+        "data allows with a perfect encoder. The instance-probe reference reads the set model's own "
+        "image embeddings through a linear probe trained with each training image's answer-key "
+        "group (its signal class or noise) and combines the images per user with the generator's "
+        "probabilities, as the Bayes rule does: the limit of the encoder's features. Read down "
+        "the column: ceiling -> instance probe (what the features cost) -> the set model (what "
+        "learning from user labels alone costs).", "",
         table, "",
         _cost_lines(timings, summaries, embedded, test_users), "",
         "The paper's Tables 1-5 with its own rows beside ours: `tables.md` (`tables.csv`). "

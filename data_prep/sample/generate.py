@@ -55,6 +55,11 @@ def _process(config: ProcessConfig) -> Process:
     return _process_from_json(json.dumps(config.as_json(), sort_keys=True))
 
 
+def process_of(meta: dict) -> Process:
+    """The process recorded in a ``generator.json`` (its parsed contents)."""
+    return _process_from_json(json.dumps(meta["process"], sort_keys=True))
+
+
 @functools.lru_cache(maxsize=4)
 def _process_from_json(text: str) -> Process:
     params = json.loads(text)
