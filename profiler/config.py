@@ -26,7 +26,7 @@ from data_prep.errors import DataError
 from data_prep.labels import TRAITS, suggest
 
 MODELS = ("model1", "model2", "set")
-SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention")
+SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention", "evidence")
 #: convolutions per model (``filters`` needs one count each; see profiler.models.cnn3d)
 CONVOLUTIONS = {"model1": 4, "model2": 7}
 SCHEDULES = ("constant", "inverse_time", "cosine")

@@ -20,7 +20,7 @@ def small_model(pooling="meanmax", dim=8, cap=6):
                        pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "sum", "max", "meanmax", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "sum", "max", "meanmax", "attention", "evidence"])
 def test_invariant_to_order_and_to_empty_slots(pooling):
     model = small_model(pooling)
     vectors = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
@@ -38,8 +38,9 @@ def test_invariant_to_order_and_to_empty_slots(pooling):
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_empty_set_and_one_image_give_probabilities():
-    model = small_model("attention")
+@pytest.mark.parametrize("pooling", ["attention", "evidence"])
+def test_empty_set_and_one_image_give_probabilities(pooling):
+    model = small_model(pooling)
     one = pack_set(np.ones((1, 8), np.float32), 6)
     empty = np.zeros((6, 9), np.float32)
     out = model(np.stack([one, empty]), training=False)
@@ -55,10 +56,11 @@ def test_pack_set_marks_real_rows_and_chooses_rows():
     assert pack_set(vectors, 2)[:, -1].tolist() == [1, 1]
 
 
-def test_save_load_identical(tmp_path):
+@pytest.mark.parametrize("pooling", ["attention", "evidence"])
+def test_save_load_identical(tmp_path, pooling):
     from profiler.models import load_model, model_info, save_model
 
-    model = small_model("attention")
+    model = small_model(pooling)
     x = np.stack([pack_set(np.random.default_rng(3).normal(size=(k, 8)).astype(np.float32), 6)
                   for k in (1, 4, 6)])
     save_model(model, tmp_path / "m.keras")
@@ -167,3 +169,18 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path):
         a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / other / "last.keras")
         for wa, wb in zip(a.get_weights(), b.get_weights()):
             assert np.array_equal(wa, wb)
+
+
+def test_evidence_head_adds_each_images_scores():
+    """softmax(bias + sum over real images of (standardised image) @ kernel): checked by hand."""
+    model = small_model("evidence")
+    vectors = np.random.default_rng(4).normal(size=(3, 8)).astype(np.float32)
+    out = model(pack_set(vectors, 6)[None], training=False)
+    h = vectors
+    for name in ("standardize", "image1"):
+        h = np.asarray(model.get_layer(name)(h)).reshape(len(vectors), -1)
+    for t in ("gender", "location", "occupation"):
+        head = model.get_layer(t)
+        logits = h.sum(axis=0) @ np.asarray(head.kernel) + np.asarray(head.bias)
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose(np.asarray(out[t])[0], expected, rtol=1e-5, atol=1e-6)

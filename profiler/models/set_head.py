@@ -47,8 +47,8 @@ class MaskedSetPooling(keras.layers.Layer):
 
     def __init__(self, mode: str = "meanmax", **kwargs):
         super().__init__(**kwargs)
-        if mode not in SET_POOLINGS:
-            raise ValueError(f"set pooling must be one of {SET_POOLINGS}, not {mode!r}")
+        if mode not in SET_POOLINGS or mode == "evidence":  # evidence pools per trait, after the heads
+            raise ValueError(f"set pooling must be one of {SET_POOLINGS[:-1]}, not {mode!r}")
         self.mode = mode
 
     def build(self, shapes):
@@ -81,6 +81,40 @@ class MaskedSetPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="profiler")
+class MaskedEvidenceSum(keras.layers.Layer):
+    """One trait's head read as Bayes' rule reads a set: each image's evidence, summed.
+
+    Each real image's features give a score per class (a linear map without bias, like
+    a log-likelihood ratio); the scores of the real images are added, a learned bias (the
+    prior's log) is added once, and a softmax gives the class probabilities. An empty
+    slot adds nothing, and an image whose scores are equal across classes changes
+    nothing, as a noise image should not.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, shapes):
+        self.kernel = self.add_weight(shape=(shapes[0][-1], self.units), initializer="glorot_uniform",
+                                      name="kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        h, mask = inputs
+        m = ops.expand_dims(ops.cast(mask > 0.5, h.dtype), -1)  # (n, cap, 1)
+        evidence = ops.sum(ops.matmul(h, self.kernel) * m, axis=1)
+        return ops.softmax(evidence + self.bias, axis=-1)
+
+    def compute_output_shape(self, shapes):
+        return (shapes[0][0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="profiler")
 class SetProfiler(keras.Model):
     """Gender, location and occupation from a set of up to ``cap`` image embeddings.
 
@@ -101,11 +135,16 @@ class SetProfiler(keras.Model):
         x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
         for i, units in enumerate(hidden, 1):
             x = keras.layers.Dense(units, activation="relu", name=f"image{i}")(x)
-        x = MaskedSetPooling(pooling, name="pool")([x, mask])
-        if dropout:
-            x = keras.layers.Dropout(dropout, name="pool_dropout")(x)
-        x = classification_stage(x, tuple(dense), dropout)
-        outputs = trait_heads(x, labels)
+        if pooling == "evidence":  # per-image evidence, summed per trait: no pooled features
+            if dropout:
+                x = keras.layers.Dropout(dropout, name="image_dropout")(x)
+            outputs = {t: MaskedEvidenceSum(len(labels[t]), name=t)([x, mask]) for t in TRAITS}
+        else:
+            x = MaskedSetPooling(pooling, name="pool")([x, mask])
+            if dropout:
+                x = keras.layers.Dropout(dropout, name="pool_dropout")(x)
+            x = classification_stage(x, tuple(dense), dropout)
+            outputs = trait_heads(x, labels)
         kwargs.setdefault("name", "set")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.variant = "set"
