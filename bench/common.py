@@ -64,16 +64,21 @@ def repeat(fn, runs: int = 3) -> dict:
 
 def machine() -> dict:
     """CPU model, core count and library versions, for the record."""
-    cpu = platform.processor()
+    cpu, features = platform.processor(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                features = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                            if f in flags]
                 break
     except OSError:
         pass
     import PIL
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+    return {"cpu": cpu, "features": " ".join(features) or "unknown",
+            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "numpy": np.__version__, "pillow": PIL.__version__}
 
 

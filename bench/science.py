@@ -1,0 +1,139 @@
+"""Where the set model stands between what its features allow and what the images allow.
+
+Reproduce with (the sample datasets first, e.g. at the MEX-A3T size):
+  profiler sample-data data/m0 --users 5000 --seed 0
+  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence] [--out results/science.md]
+
+For each sample dataset: the Bayes rule (the ceiling), the instance-probe reference (the
+features' limit: a linear probe from each image's embedding to its answer-key group,
+combined per user by Bayes' rule), the item oracle (perfect item identity, learnt from
+the training users) and the set model trained through ``profiler.training.train`` with
+the ``default`` preset and each ``--poolings`` choice, all scored on the test split
+with 95 % bootstrap intervals (1,000 resamples), macro-F and accuracy per trait, and
+each F as a fraction of the Bayes rule's and of the probe's. Tuning happens on the
+training split's validation share only; the test split is scored once per model.
+Embeddings go through the cache ``--embeddings`` (default ``runs/bench/embeddings.sqlite``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.common import machine
+
+SYSTEMS_FIRST = ("Bayes rule (ceiling)", "Instance-probe reference", "Item oracle + logistic regression")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> dict:
+    from data_prep.dataset import load_dataset
+    from data_prep.labels import TRAITS
+    from data_prep.sample.oracle import oracle_submission
+    from data_prep.sample.probe import probe_submission
+    from data_prep.truth import read_truth
+    from profiler import evaluation
+    from profiler.config import resolve
+    from profiler.embeddings import EmbeddedData, EmbeddingStore
+    from profiler.encoders import get_encoder
+    from profiler.prediction import flatten, iter_predictions, Predictor
+    from profiler.training import train
+
+    base = resolve("default", overrides={"model": "set"})
+    encoder = get_encoder(base.encoder)
+    t = time.perf_counter()
+    with EmbeddingStore(store_path) as store:
+        embedded = {split: EmbeddedData.for_training(load_dataset(data / split), base, store,
+                                                     encoder=encoder, progress=True)
+                    for split in ("train", "test")}
+    timings = {"embed_s": time.perf_counter() - t}
+    truth = evaluation.load_truth_for_scoring(data / "test")
+    predictions = {"Bayes rule (ceiling)": read_truth(data / "bayes_rule_test.txt")}
+    t = time.perf_counter()
+    predictions["Instance-probe reference"] = read_truth(
+        probe_submission(data, embedded["train"], embedded["test"], work / "probe.txt"))
+    timings["probe_s"] = time.perf_counter() - t
+    predictions["Item oracle + logistic regression"] = read_truth(oracle_submission(data, work / "oracle.txt"))
+    for pooling in poolings:
+        config = dataclasses.replace(base, set_pooling=pooling)
+        t = time.perf_counter()
+        summary = train(embedded["train"], work / pooling, config, progress=False)
+        timings[f"train_{pooling}_s"] = time.perf_counter() - t
+        with EmbeddingStore(store_path) as store:
+            predictor = Predictor.load(work / pooling / "model.keras", encoder=encoder, store=store)
+            users = load_dataset(data / "test").users
+            rows = [r for batch in iter_predictions(users, predictor) for r in batch]
+        table = flatten(rows, predictor.info["labels"]).set_index("user_id")[list(TRAITS)]
+        predictions[f"Set model ({pooling} pooling)"] = table
+        _log(f"  {pooling}: {summary['epochs_run']} epochs, best {summary['best_epoch']}")
+    scores = {name: evaluation.score(truth, p, bootstrap=1000, seed=0) for name, p in predictions.items()}
+    meta = json.loads((data / "generator.json").read_text())
+    return {"data": str(data), "seed": meta["seed"], "users": meta["users"],
+            "signal": meta["process"]["signal"], "majority_accuracy": meta["majority_accuracy"],
+            "images": {s: int(len(e.vectors)) for s, e in embedded.items()}, "encoder": encoder.identity,
+            "timings": timings, "scores": scores}
+
+
+def render(runs: list[dict]) -> str:
+    from tabulate import tabulate
+
+    from data_prep.labels import TRAITS
+
+    parts = ["# The set model against the references (`bench/science.py`)", ""]
+    for run in runs:
+        s = run["scores"]
+        ceiling = s["Bayes rule (ceiling)"]["traits"]
+        probe = s["Instance-probe reference"]["traits"]
+        rows = []
+        for name, result in s.items():
+            row = {"system": name}
+            for t in TRAITS:
+                r = result["traits"][t]
+                lo, hi = r["ci95"]["F"]
+                row[f"{t} F [95% CI]"] = f"{r['F']:.3f} [{lo:.3f}, {hi:.3f}]"
+                row[f"{t} Acc"] = f"{r['Acc']:.3f}"
+                row[f"{t} % ceiling / % probe"] = (f"{100 * r['F'] / ceiling[t]['F']:.0f} / "
+                                                   f"{100 * r['F'] / probe[t]['F']:.0f}")
+            rows.append(row)
+        parts += [f"## {run['data']}: seed {run['seed']}, signal {run['signal']}, "
+                  f"{run['users']['train']} train / {run['users']['test']} test users "
+                  f"({run['images']['train']} / {run['images']['test']} images)", "",
+                  f"Encoder {run['encoder']}. Majority-class accuracy: "
+                  + ", ".join(f"{t} {v:.2f}" for t, v in run["majority_accuracy"].items())
+                  + ". Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in run["timings"].items()) + ".", "",
+                  tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False), ""]
+    m = machine()
+    parts.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, features: {m.get('features')}.")
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="+", type=Path, help="sample dataset folders")
+    parser.add_argument("--poolings", default="mean,evidence")
+    parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
+    parser.add_argument("--out", type=Path, default=Path("results/science.md"))
+    args = parser.parse_args()
+    from data_prep.io import atomic_write_text
+
+    runs = []
+    for data in args.data:
+        _log(f"{data}:")
+        with tempfile.TemporaryDirectory() as work:
+            runs.append(evaluate(data, args.poolings.split(","), args.embeddings, Path(work)))
+    atomic_write_text(args.out, render(runs))
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(runs, indent=2) + "\n")
+    print(render(runs))
+
+
+if __name__ == "__main__":
+    main()
