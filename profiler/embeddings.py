@@ -116,11 +116,12 @@ def _prepare(encoder, path: Path) -> np.ndarray | str:
 
 
 def compute_embeddings(encoder, paths: list[Path], *, progress: bool = False,
-                       threads: int = 2) -> list[np.ndarray | str]:
+                       threads: int = 2, on_chunk=None) -> list[np.ndarray | str]:
     """Embed the image files ``paths`` (a vector, or a reason for each unusable file).
 
     Decoding and preprocessing of the next chunk run in threads while the network runs
-    on the current one.
+    on the current one. ``on_chunk(paths, results)`` is called after each chunk (to store
+    it at once, so a killed run keeps what it embedded).
     """
     out: list[np.ndarray | str] = []
     bar = tqdm(total=len(paths), unit="image", desc=f"embedding ({encoder.name})", file=sys.stderr,
@@ -137,6 +138,8 @@ def compute_embeddings(encoder, paths: list[Path], *, progress: bool = False,
             result: list[np.ndarray | str] = list(prepared)
             for i, v in zip(good, vectors):
                 result[i] = v
+            if on_chunk is not None:
+                on_chunk(chunks[k], result)
             out.extend(result)
             bar.update(len(prepared))
     bar.close()
@@ -176,10 +179,13 @@ def embed_users(users: list[User], encoder, store: EmbeddingStore, *,
         known = store.get(identity, keys)
         missing = {d: path for d, (_, path) in zip(digests, wanted) if isinstance(d, bytes) and d not in known}
         if missing:
-            computed = compute_embeddings(encoder, list(missing.values()), progress=progress)
-            new = dict(zip(missing, computed))
-            store.put(identity, new)
-            known.update(new)
+            digest_of = {path: d for d, path in missing.items()}
+
+            def keep(paths: list[Path], results: list) -> None:
+                store.put(identity, {digest_of[p]: r for p, r in zip(paths, results)})
+
+            computed = compute_embeddings(encoder, list(missing.values()), progress=progress, on_chunk=keep)
+            known.update(zip(missing, computed))
         for digest, (i, path) in zip(digests, wanted):
             value = known[digest] if isinstance(digest, bytes) else digest
             if isinstance(value, str):

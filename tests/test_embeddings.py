@@ -75,6 +75,9 @@ def test_embedded_data_for_training(tmp_path):
     assert embedded.user_ids == ["a", "c"] and len(embedded) == 2
     assert embedded.user_images(0).shape == (3, 8) and embedded.user_images(1).shape == (2, 8)
     assert embedded.labels("gender").tolist() == [0, 0] and embedded.encoder == "tiny@test"
+    # each row's file and user, for references that read the answer key per image
+    assert embedded.files == ["img00.png", "img01.png", "img02.png", "img00.png", "img01.png"]
+    assert embedded.image_users().tolist() == [0, 0, 0, 1, 1]
 
 
 def test_content_digest_is_the_bytes_not_the_name(tmp_path):
@@ -84,3 +87,26 @@ def test_content_digest_is_the_bytes_not_the_name(tmp_path):
     assert content_digest(a) == content_digest(b)
     with pytest.raises(Exception, match="cannot read"):
         content_digest(tmp_path / "missing.png")
+
+
+def test_an_interrupted_run_keeps_the_chunks_it_finished(tmp_path, monkeypatch):
+    """Killed after two chunks of two images: those four are in the cache, the rest are not."""
+    import profiler.embeddings as embeddings
+
+    class Dies(TinyEncoder):
+        def embed(self, inputs):
+            if Dies.done >= 2:
+                raise KeyboardInterrupt
+            Dies.done += 1
+            return super().embed(inputs)
+
+    Dies.done = 0
+    monkeypatch.setattr(embeddings, "EMBED_CHUNK", 2)
+    users = load_dataset(make_dataset(tmp_path / "d", {"a": 7})).users
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            embed_users(users, Dies(), store)
+        assert store.count("tiny@test") == 4
+        before = TinyEncoder.calls
+        again = embed_users(users, TinyEncoder(), store)
+        assert TinyEncoder.calls - before == 3 and len(again[0].images) == 7
