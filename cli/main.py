@@ -80,9 +80,10 @@ def setup_logging(verbose: int) -> None:
 def main(verbose: int) -> None:
     """Profile social-media users (gender, location, occupation) from the images they post.
 
-    Each user's images are stacked into one volume and a 3D CNN predicts the three
-    traits at once (Valdez-Rodriguez et al., MEX-A3T 2019). Results go to stdout or
-    --output; progress and warnings go to stderr.
+    The default model embeds each image once with a frozen pretrained encoder and
+    reads a user's images as a set; the paper's two 3D CNNs over a volume of 11
+    stacked images (Valdez-Rodriguez et al., MEX-A3T 2019) are there too. Results go
+    to stdout or --output; progress and warnings go to stderr.
     """
     setup_logging(verbose)
 

@@ -7,9 +7,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``profiler.predict_users``, imported on first use (it pulls in Keras)."""
+    """``profiler.predict_users`` and ``profiler.load_model``, imported on first use (they pull in Keras)."""
     if name == "predict_users":
         from profiler.prediction import predict_users
 
         return predict_users
+    if name == "load_model":
+        from profiler.models.io import load_model
+
+        return load_model
     raise AttributeError(f"module 'profiler' has no attribute {name!r}")

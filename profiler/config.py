@@ -26,7 +26,7 @@ from data_prep.errors import DataError
 from data_prep.labels import TRAITS, suggest
 
 MODELS = ("model1", "model2", "set")
-SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention", "evidence")
+SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours")
 #: convolutions per model (``filters`` needs one count each; see profiler.models.cnn3d)
 CONVOLUTIONS = {"model1": 4, "model2": 7}
 SCHEDULES = ("constant", "inverse_time", "cosine")
@@ -59,6 +59,9 @@ class TrainConfig:
     cap: int = 32  # most images per user the head sees (fewer are masked, never filled)
     hidden: list[int] = field(default_factory=lambda: [256])  # per-image layers before pooling
     set_pooling: str = "mean"  # chosen by measurement on the sample data (README)
+    neighbours: int = 200  # "neighbours" pooling: training images that vote for each image
+    neighbour_dims: int = 256  # principal axes the bank's similarity is computed on
+    neighbour_temperature: float = 0.1  # vote weights exp((similarity - best) / temperature)
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -82,6 +85,8 @@ class TrainConfig:
             (self.set_pooling in SET_POOLINGS,
              f"set_pooling must be one of {SET_POOLINGS}, not {self.set_pooling!r}"),
             (self.cap >= 1, "cap must be at least 1"),
+            (self.neighbours >= 1 and self.neighbour_dims >= 1 and self.neighbour_temperature > 0,
+             "neighbours and neighbour_dims must be at least 1 and neighbour_temperature positive"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),

@@ -175,9 +175,16 @@ def build_model(config: TrainConfig, data, positions: np.ndarray | None = None):
 
         positions = np.arange(len(data)) if positions is None else positions
         rows = np.concatenate([data.user_images(int(i)) for i in positions])
-        return SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
-                           dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
-                           mean=rows.mean(axis=0), variance=rows.var(axis=0))
+        neighbours = None
+        if config.set_pooling == "neighbours":
+            neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
+                          "k": config.neighbours, "temperature": config.neighbour_temperature}
+        model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
+                            dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
+                            mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours)
+        if neighbours:
+            fill_bank(model, data, positions, rows, config.seed)
+        return model
     from profiler.models import Cnn3dProfiler
 
     h, w = data.image_size
@@ -185,6 +192,27 @@ def build_model(config: TrainConfig, data, positions: np.ndarray | None = None):
                          filters=tuple(config.filters) if config.filters else None,
                          dense=tuple(config.dense), dropout=config.dropout,
                          batch_norm=config.batch_norm, pooling=config.pooling, image_fit=config.fit)
+
+
+def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -> None:
+    """Put the training images (``rows``, of the users at ``positions``) in the model's bank.
+
+    Standardised as the model does, projected on their principal axes, labelled with
+    their users' labels; the prior is each class's share of those users (add-one smoothed).
+    """
+    from sklearn.decomposition import PCA
+
+    layer = model.get_layer("neighbours")
+    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+    pca = PCA(layer.dims, svd_solver="randomized", random_state=seed).fit(standard)
+    owner = np.repeat(positions, [len(data.user_images(int(i))) for i in positions])
+    onehots, priors = [], []
+    for t in TRAITS:
+        k = len(LABELS[t])
+        users = data.labels(t)[positions]
+        onehots.append(np.eye(k, dtype=np.float32)[data.labels(t)[owner]])
+        priors.append((np.bincount(users, minlength=k) + 1.0) / (len(users) + k))
+    layer.set_bank(pca.components_.T, standard, np.concatenate(onehots, axis=1), np.concatenate(priors))
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):

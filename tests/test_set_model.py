@@ -11,16 +11,29 @@ from profiler.models.set_head import SetProfiler, pack_set
 from tests.helpers import make_dataset
 
 
+POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours"]
+
+
 def small_model(pooling="meanmax", dim=8, cap=6):
     import keras
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
-    return SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
-                       pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim))
+    bank = {"size": 10, "dims": 4, "k": 3, "temperature": 0.5} if pooling == "neighbours" else None
+    model = SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
+                        pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim),
+                        neighbours=bank)
+    if bank:  # ten bank images with random labels, and non-zero heads so that evidence shows
+        labels = np.concatenate([np.eye(k)[rng.integers(k, size=10)] for k in (2, 6, 8)], axis=1)
+        model.get_layer("neighbours").set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)),
+                                               labels, np.concatenate([np.full(k, 1 / k) for k in (2, 6, 8)]))
+        for t in ("gender", "location", "occupation"):
+            kernel = model.get_layer(t).kernel
+            kernel.assign(rng.normal(size=kernel.shape))
+    return model
 
 
-@pytest.mark.parametrize("pooling", ["mean", "sum", "max", "meanmax", "attention", "evidence"])
+@pytest.mark.parametrize("pooling", POOLINGS)
 def test_invariant_to_order_and_to_empty_slots(pooling):
     model = small_model(pooling)
     vectors = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
@@ -38,7 +51,7 @@ def test_invariant_to_order_and_to_empty_slots(pooling):
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours"])
 def test_empty_set_and_one_image_give_probabilities(pooling):
     model = small_model(pooling)
     one = pack_set(np.ones((1, 8), np.float32), 6)
@@ -56,15 +69,16 @@ def test_pack_set_marks_real_rows_and_chooses_rows():
     assert pack_set(vectors, 2)[:, -1].tolist() == [1, 1]
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours"])
 def test_save_load_identical(tmp_path, pooling):
-    from profiler.models import load_model, model_info, save_model
+    import profiler
+    from profiler.models import model_info, save_model
 
     model = small_model(pooling)
     x = np.stack([pack_set(np.random.default_rng(3).normal(size=(k, 8)).astype(np.float32), 6)
                   for k in (1, 4, 6)])
     save_model(model, tmp_path / "m.keras")
-    loaded = load_model(tmp_path / "m.keras")
+    loaded = profiler.load_model(tmp_path / "m.keras")  # the documented entry point
     for t, v in model(x, training=False).items():
         assert np.array_equal(np.asarray(v), np.asarray(loaded(x, training=False)[t]))
     info = model_info(loaded)
@@ -142,7 +156,8 @@ def test_unknown_encoder_is_a_clean_error(tmp_path):
     assert "encoder must be one of" in result.output and "'efficientnet_lit0'" in result.output
 
 
-def test_set_training_resumes_exactly_and_is_deterministic(tmp_path):
+@pytest.mark.parametrize("pooling", ["mean", "neighbours"])
+def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     """The set model goes through the same training code: an interrupted run resumes to the same weights."""
     import pandas as pd
 
@@ -157,7 +172,7 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path):
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "hidden": [4], "dense": [4],
-                                           "cap": 4, "batch_size": 4, "epochs": 3})
+                                           "cap": 4, "batch_size": 4, "epochs": 3, "set_pooling": pooling})
     train(embedded, tmp_path / "whole", config, progress=False)
     train(embedded, tmp_path / "again", config, progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -184,3 +199,27 @@ def test_evidence_head_adds_each_images_scores():
         logits = h.sum(axis=0) @ np.asarray(head.kernel) + np.asarray(head.bias)
         expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         np.testing.assert_allclose(np.asarray(out[t])[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_neighbour_evidence_by_hand():
+    """Bank: three unit vectors with known labels. Votes, smoothing and the relu'd log ratio by hand."""
+    from profiler.models.set_head import NeighbourEvidence
+
+    layer = NeighbourEvidence(size=3, dim=2, dims=2, classes=(2,), k=2, temperature=1.0)
+    layer.build((None, None, 2))
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    labels = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    prior = np.array([0.5, 0.5])
+    layer.set_bank(np.eye(2), bank, labels, prior)
+    x = np.array([[[2.0, 0.0]]], np.float32)  # the direction of bank image 0
+
+    def expected(similarities, votes_for):
+        w = np.exp(np.array(similarities) - max(similarities))
+        h = (np.array([w[np.array(votes_for) == c].sum() for c in (0, 1)]) + prior) / (w.sum() + 1)
+        return np.maximum(np.log(h / prior), 0)
+
+    # inference: neighbours 0 (similarity 1, class 0) and 1 (similarity 0, class 1)
+    np.testing.assert_allclose(np.asarray(layer(x))[0, 0], expected([1.0, 0.0], [0, 1]), rtol=1e-5)
+    # training: its own entry (similarity 1) is left out; neighbours 1 (0, class 1) and 2 (-1, class 1)
+    np.testing.assert_allclose(np.asarray(layer(x, training=True))[0, 0], expected([0.0, -1.0], [1, 1]),
+                               rtol=1e-5, atol=1e-7)
