@@ -264,6 +264,21 @@ class EmbeddedData:
     def user_images(self, i: int) -> np.ndarray:
         return self.vectors[self.offsets[i]:self.offsets[i] + self.counts[i]]
 
+    def mapped(self, stage, fitted: np.ndarray) -> "EmbeddedData":
+        """A copy whose rows are ``stage(rows, training=...)``, computed once.
+
+        ``training`` is true for the rows of the users at positions ``fitted`` (those a
+        model is fitted on) and false for the rest.
+        """
+        in_fit = np.zeros(len(self), bool)
+        in_fit[np.asarray(fitted, np.int64)] = True
+        rows = np.repeat(in_fit, self.counts)
+        inside, outside = stage(self.vectors[rows], training=True), stage(self.vectors[~rows], training=False)
+        vectors = np.empty((len(self.vectors), inside.shape[1]), np.float32)
+        vectors[rows], vectors[~rows] = inside, outside
+        return EmbeddedData(self.root, self.encoder, vectors.shape[1], self.user_ids, vectors, self.counts,
+                            self._labels, self.skipped, self.files)
+
     def image_users(self) -> np.ndarray:
         """The user position of each row of ``vectors``."""
         return np.repeat(np.arange(len(self)), self.counts)

@@ -256,8 +256,12 @@ def _callback_base():
 
 
 def make_validation_callback(val: EpochData, run_dir: Path, config: TrainConfig, resume: bool,
-                             progress: bool):
-    """The callback that scores validation, checkpoints the best model and stops early."""
+                             progress: bool, saved=None):
+    """The callback that scores validation, checkpoints the best model and stops early.
+
+    ``saved`` is the model the checkpoint holds, when it is not the one being fitted (a
+    model whose fixed first stage is computed once; its heads are the fitted model's).
+    """
     from profiler.evaluation import trait_scores
     from profiler.models.io import save_model
 
@@ -302,7 +306,7 @@ def make_validation_callback(val: EpochData, run_dir: Path, config: TrainConfig,
             improved = row["val_mean_macro_f"] > self.state["best"]
             if improved:
                 self.state.update(best=row["val_mean_macro_f"], best_epoch=epoch + 1, wait=0)
-                save_model(self.model, run_dir / "model.keras")
+                save_model(saved or self.model, run_dir / "model.keras")
             else:
                 self.state["wait"] += 1
             self.state["history"][str(epoch + 1)] = row
@@ -411,11 +415,14 @@ def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fal
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
     set_determinism(config.seed)
     train_pos, val_pos = split_indices(cache, config.val_share, config.seed)
-    train_data = EpochData(cache, train_pos, config, train=True)
-    val_data = EpochData(cache, val_pos, config, train=False)
     model = build_model(config, cache, train_pos)
-    compile_model(model, config, len(train_data))
-    validation = make_validation_callback(val_data, run_dir, config, resume, progress)
+    # a model whose first stage never learns: that stage runs once per image, the rest is fitted
+    fixed = model.fixed_stage() if hasattr(model, "fixed_stage") else None
+    fitted, data = (model, cache) if fixed is None else (fixed[1], cache.mapped(fixed[0], train_pos))
+    train_data = EpochData(data, train_pos, config, train=True)
+    val_data = EpochData(data, val_pos, config, train=False)
+    compile_model(fitted, config, len(train_data))
+    validation = make_validation_callback(val_data, run_dir, config, resume, progress, saved=model)
     # Order matters: validation saves its state before the backup of the same epoch, so a
     # kill between the two re-runs that epoch (deterministically) rather than losing it.
     callbacks = [validation,
@@ -425,8 +432,8 @@ def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fal
         callbacks.append(_Interrupt(interrupt_after_batches))
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
-        model.fit(train_data.dataset(), epochs=config.epochs, callbacks=callbacks, shuffle=False,
-                  verbose=1 if progress and sys.stderr.isatty() else 0)
+        fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=callbacks, shuffle=False,
+                   verbose=1 if progress and sys.stderr.isatty() else 0)
     elapsed = time.perf_counter() - start
     from profiler.models.io import save_model
 

@@ -223,3 +223,30 @@ def test_neighbour_evidence_by_hand():
     # training: its own entry (similarity 1) is left out; neighbours 1 (0, class 1) and 2 (-1, class 1)
     np.testing.assert_allclose(np.asarray(layer(x, training=True))[0, 0], expected([0.0, -1.0], [1, 1]),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(tmp_path):
+    """Neighbours: training fits the heads on evidence computed once; the saved model reads raw sets."""
+    from data_prep.dataset import load_dataset
+    from profiler.config import resolve
+    from profiler.embeddings import EmbeddedData, EmbeddingStore
+    from profiler.models import load_model
+    from profiler.training import train
+    from tests.helpers import TinyEncoder
+
+    data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
+    config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
+                                           "epochs": 2, "set_pooling": "neighbours", "neighbours": 5})
+    train(embedded, tmp_path / "run", config, progress=False)
+    model = load_model(tmp_path / "run" / "last.keras")
+    stage, head = model.fixed_stage()
+    mapped = embedded.mapped(stage, np.array([], np.int64))  # every user as at prediction time
+    assert mapped.vectors.shape == (len(embedded.vectors), 16)
+    assert (mapped.vectors >= 0).all()  # evidence: nothing below "says nothing"
+    raw = np.stack([pack_set(embedded.user_images(i), 4) for i in range(len(embedded))])
+    evidence = np.stack([pack_set(mapped.user_images(i), 4) for i in range(len(mapped))])
+    full, fitted = model(raw, training=False), head(evidence, training=False)
+    for t in ("gender", "location", "occupation"):
+        np.testing.assert_allclose(np.asarray(full[t]), np.asarray(fitted[t]), rtol=1e-5, atol=1e-6)

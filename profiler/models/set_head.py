@@ -252,6 +252,30 @@ class SetProfiler(keras.Model):
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
                             if k in ("size", "dims", "k", "temperature")})
 
+    def fixed_stage(self):
+        """``(stage, head)`` where the model starts with a stage that training never changes.
+
+        With "neighbours" pooling, each image's evidence depends only on the image (and the
+        fixed bank), so training computes it once per image with ``stage`` (standardised
+        rows (n, dim) in, evidence (n, width) out) and fits ``head``, a model over sets of
+        evidence rows that shares its layers (so its weights) with this one. ``None`` for
+        the other poolings: every layer before the heads learns.
+        """
+        if self.pooling != "neighbours":
+            return None
+        standardize, neighbours = self.get_layer("standardize"), self.get_layer("neighbours")
+
+        def stage(rows: np.ndarray, *, training: bool, chunk: int = 1024) -> np.ndarray:
+            out = [np.asarray(neighbours(standardize(rows[i:i + chunk][None]), training=training))[0]
+                   for i in range(0, len(rows), chunk)]
+            return np.concatenate(out) if out else np.zeros((0, sum(neighbours.classes)), np.float32)
+
+        width = sum(neighbours.classes)
+        inputs = keras.Input((self.cap, width + 1), dtype="float32", name="evidence_set")
+        x, mask = SplitMask(name="split_evidence")(inputs)
+        head = keras.Model(inputs, {t: self.get_layer(t)([x, mask]) for t in TRAITS}, name="set_head")
+        return stage, head
+
     def get_config(self) -> dict:
         return {"variant": "set", "dim": self.dim, "cap": self.cap, "encoder": self.encoder,
                 "hidden": list(self.hidden), "dense": list(self.dense), "dropout": self.dropout,
