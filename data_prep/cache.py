@@ -166,6 +166,16 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _is_ours(folder: Path) -> bool:
+    """Whether ``folder`` may be replaced: an empty folder, or a cache this tool wrote."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        return True
+    try:
+        return "cache_version" in json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def prepare(
     dataset: str | Path | Dataset,
     out: str | Path,
@@ -195,6 +205,9 @@ def prepare(
             return existing
     if not dataset.users:
         raise DataError(f"{dataset.root}: no users to prepare")
+    if not force and out.exists() and not _is_ours(out):
+        raise DataError(f"{out}: exists and is not a profiler cache (no meta.json of ours); it would be "
+                        "replaced: choose another folder, empty it, or use --force to replace it")
     workers = default_workers() if workers is None else max(1, workers)
     with atomic_dir(out) as tmp:
         _write_cache(tmp, dataset, config, stamp, workers=workers, progress=progress)

@@ -103,3 +103,30 @@ def test_interrupted_run_keeps_the_old_cache(tmp_path, monkeypatch):
 def test_not_a_cache(tmp_path):
     with pytest.raises(DataError, match="not a prepared cache"):
         Cache.open(tmp_path)
+
+
+@pytest.mark.parametrize("via", ["prepare", "train"])
+def test_a_folder_that_is_not_a_cache_is_never_replaced(tmp_path, via):
+    """Someone's documents at --out (or train's --cache): refused, exit 1, every byte kept."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    data = make_dataset(tmp_path / "d", {"a": 2, "b": 2, "c": 1, "d": 1})
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "thesis.txt").write_bytes(b"four years of work\n")
+    args = (["prepare", str(data), "--out", str(docs), "--size", "16", "-q"] if via == "prepare" else
+            ["train", str(data), "--model", "model1", "--out", str(tmp_path / "r"), "--cache", str(docs),
+             "--size", "16", "-q"])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert f"{docs}: exists and is not a profiler cache" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in docs.iterdir()) == ["thesis.txt"]
+    assert (docs / "thesis.txt").read_bytes() == b"four years of work\n"
+    # an empty folder, or a cache of ours, is fine
+    (docs / "thesis.txt").unlink()
+    for _ in range(2):
+        assert CliRunner().invoke(main, ["prepare", str(data), "--out", str(docs), "--size", "16",
+                                         "-q", "--force"]).exit_code == 0
