@@ -52,7 +52,8 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
     from data_prep.cache import default_workers
     from data_prep.dataset import discover_users
     from data_prep.io import atomic_path
-    from data_prep.truth import SEPARATOR
+    from data_prep.labels import TRAITS
+    from data_prep.truth import label_line
     from profiler.prediction import Predictor, flatten, iter_predictions, to_json_record
 
     users = discover_users(list(paths))
@@ -89,8 +90,8 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
                 else:
                     for row in rows:
                         if not row["error"]:
-                            stream.write(SEPARATOR.join([row["user_id"], row["gender"], row["location"],
-                                                         row["occupation"]]) + "\n")
+                            stream.write(label_line([row["user_id"], *(row[t] for t in TRAITS)],
+                                                    output or "<stdout>"))
             if fmt == "json":
                 stream.write("\n]\n")
         finally:

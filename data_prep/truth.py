@@ -53,9 +53,23 @@ class LabelFile:
             raise DataError.from_problems(self.problems)
 
 
+#: the largest label file read (a million users' submission is about 60 MB)
+MAX_LABEL_FILE_BYTES = 1 << 30
+
+
 def read_text(path: Path) -> str:
-    """The file's text, decoded as UTF-8 with or without a BOM; errors name the file."""
+    """The file's text, decoded as UTF-8 with or without a BOM; errors name the file.
+
+    Only regular files of at most ``MAX_LABEL_FILE_BYTES`` are read (not a device or a
+    pipe that never ends).
+    """
     try:
+        if not path.is_file():
+            raise DataError(f"{path}: not a regular file")
+        size = path.stat().st_size
+        if size > MAX_LABEL_FILE_BYTES:
+            raise DataError(f"{path}: {size:,} bytes; a label file may have at most "
+                            f"{MAX_LABEL_FILE_BYTES:,}")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
@@ -224,6 +238,21 @@ def read_truth(path: str | Path, *, fmt: str = "auto") -> pd.DataFrame:
     return parsed.table.set_index("user_id")[list(TRAITS)]
 
 
+def label_line(values, path: str | Path) -> str:
+    """One line of a txt label file (``user_id:::gender:::location:::occupation``).
+
+    A value holding the separator or a line break cannot be written so that it reads
+    back: that is a ``DataError`` naming ``path`` (the file being written) and the value.
+    """
+    values = [str(v) for v in values]
+    for value in values:
+        if SEPARATOR in value or "\n" in value or "\r" in value:
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise DataError(f"{path}: {shown!r} cannot be written in the txt format (it holds "
+                            f"{SEPARATOR!r} or a line break); nothing was written; use csv or jsonl")
+    return SEPARATOR.join(values) + "\n"
+
+
 def write_label_file(table: pd.DataFrame, path: str | Path, *, fmt: str = "txt") -> None:
     """Write ``user_id`` and the three traits in one of the readable formats, atomically."""
     from data_prep.io import atomic_write_text
@@ -231,7 +260,7 @@ def write_label_file(table: pd.DataFrame, path: str | Path, *, fmt: str = "txt")
     frame = table.reset_index() if "user_id" not in table.columns else table
     frame = frame[list(COLUMNS)]
     if fmt == "txt":
-        text = "".join(SEPARATOR.join(map(str, row)) + "\n" for row in frame.itertuples(index=False))
+        text = "".join(label_line(row, path) for row in frame.itertuples(index=False))
     elif fmt == "csv":
         text = frame.to_csv(index=False)
     elif fmt == "jsonl":

@@ -172,15 +172,19 @@ def apply_overrides(base: dict, overrides: dict, *, source: str) -> dict:
 def read_config_file(path: str | Path) -> dict:
     """Settings from a JSON or TOML file (by extension)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
             import tomllib
 
-            return tomllib.loads(text)
-        return json.loads(text)
+            settings = tomllib.loads(text)
+        else:
+            settings = json.loads(text)
     except Exception as exc:
         raise DataError(f"{path}: cannot parse settings: {exc}") from exc
+    if not isinstance(settings, dict):
+        raise DataError(f"{path}: settings must be an object of key: value pairs, not a {type(settings).__name__}")
+    return settings
 
 
 def resolve(preset: str = "default", *, file: str | Path | None = None,

@@ -98,3 +98,15 @@ def test_usage_errors(tmp_path):
     empty.mkdir()
     result = run("score", "-t", empty, d / "m2.csv")
     assert result.exit_code == 1 and "no truth.txt, truth.csv or truth.jsonl" in result.stderr
+
+
+def test_a_device_or_endless_input_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    truth = tmp_path / "truth.txt"
+    truth.write_text("u1:::female:::center:::student\n")
+    result = CliRunner().invoke(main, ["score", "--truth", str(truth), "/dev/zero"])
+    assert result.exit_code == 1 and "/dev/zero: error: not a regular file" in result.output
+    assert "Traceback" not in result.output

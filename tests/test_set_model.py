@@ -250,3 +250,18 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
     full, fitted = model(raw, training=False), head(evidence, training=False)
     for t in ("gender", "location", "occupation"):
         np.testing.assert_allclose(np.asarray(full[t]), np.asarray(fitted[t]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_user_id_the_submission_format_cannot_carry_is_refused(trained, tmp_path):
+    """A folder named with the separator: no malformed line, the old output kept byte for byte."""
+    root, _, _ = trained
+    data = make_dataset(tmp_path / "d", {"fine": 2, "a:::b": 2}, truth=None)
+    out = tmp_path / "old.txt"
+    out.write_bytes(b"previous results\n")
+    result = CliRunner().invoke(main, ["predict", str(data), "--model",
+                                       str(root / "run" / "model.keras"), "--format", "submission",
+                                       "-o", str(out), "--embeddings", str(root / "e.sqlite"), "-q"])
+    assert result.exit_code == 1, result.output
+    assert f"{out}: 'a:::b' cannot be written in the txt format" in result.output
+    assert "Traceback" not in result.output and out.read_bytes() == b"previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.txt"]  # no temporary file left

@@ -148,3 +148,18 @@ def test_learns_a_learnable_dataset(tmp_path):
     # majority macro-F: gender 1/2 * 2/3 = 0.33, location 1/3 * 1/2 = 0.17
     assert summary["validation"]["gender"]["macro_f"] > 0.6
     assert summary["validation"]["location"]["macro_f"] > 0.4
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x81", b"[1, 2, 3]"])
+def test_a_config_file_that_is_not_settings_is_a_clean_error(tmp_path, content):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    data = make_dataset(tmp_path / "d", {"a": 1, "b": 1, "c": 1, "d": 1})
+    config = tmp_path / "settings.json"
+    config.write_bytes(content)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "r"), "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert f"{config}: " in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
