@@ -306,7 +306,7 @@ def make_validation_callback(val: EpochData, run_dir: Path, config: TrainConfig,
             improved = row["val_mean_macro_f"] > self.state["best"]
             if improved:
                 self.state.update(best=row["val_mean_macro_f"], best_epoch=epoch + 1, wait=0)
-                save_model(saved or self.model, run_dir / "model.keras")
+                save_model(self.model if saved is None else saved, run_dir / "model.keras")
             else:
                 self.state["wait"] += 1
             self.state["history"][str(epoch + 1)] = row
