@@ -381,13 +381,13 @@ def set_determinism(seed: int) -> None:
 
 
 def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
-          progress: bool = True, interrupt_after_batches: int | None = None) -> dict:
+          progress: bool = True, callbacks=()) -> dict:
     """Train one model on ``cache`` into ``run_dir``; return the summary.
 
     ``cache`` is a prepared ``Cache`` for Model 1 and 2, an ``EmbeddedData`` for the set model.
 
-    ``interrupt_after_batches`` (for tests) raises ``KeyboardInterrupt`` after that many
-    training batches, as a kill would.
+    ``callbacks`` are extra Keras callbacks, run after the trainer's own (a test's
+    interruption, a progress hook).
     """
     from profiler.backend import import_keras
 
@@ -425,14 +425,12 @@ def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fal
     validation = make_validation_callback(val_data, run_dir, config, resume, progress, saved=model)
     # Order matters: validation saves its state before the backup of the same epoch, so a
     # kill between the two re-runs that epoch (deterministically) rather than losing it.
-    callbacks = [validation,
-                 keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True),
-                 make_start_epoch(train_data, validation)]
-    if interrupt_after_batches is not None:
-        callbacks.append(_Interrupt(interrupt_after_batches))
+    own = [validation,
+           keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True),
+           make_start_epoch(train_data, validation)]
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
-        fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=callbacks, shuffle=False,
+        fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
                    verbose=1 if progress and sys.stderr.isatty() else 0)
     elapsed = time.perf_counter() - start
     from profiler.models.io import save_model
@@ -449,20 +447,6 @@ def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fal
                     weighted=config.class_weight != "none")
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     return summary
-
-
-def _Interrupt(after: int):
-    class Interrupt(_callback_base()):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.count += 1
-            if self.count >= after:
-                raise KeyboardInterrupt
-
-    return Interrupt()
 
 
 def _summary(run_dir: Path, config: TrainConfig, state: dict, model, n_train: int, n_val: int,

@@ -93,3 +93,20 @@ class TinyEncoder:
         TinyEncoder.calls += len(inputs)
         weights = np.random.default_rng(0).normal(size=(48, self.dim)).astype(np.float32)
         return np.tanh(inputs @ weights)
+
+
+def interrupt_after(batches: int):
+    """A Keras callback that raises ``KeyboardInterrupt`` after ``batches`` training batches, as a kill would."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.count += 1
+            if self.count >= batches:
+                raise KeyboardInterrupt
+
+    return Interrupt()

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from cli.main import main
 from data_prep.errors import DataError
 from profiler.models.set_head import SetProfiler, pack_set
-from tests.helpers import make_dataset
+from tests.helpers import interrupt_after, make_dataset
 
 
 POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours"]
@@ -176,7 +176,7 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     train(embedded, tmp_path / "whole", config, progress=False)
     train(embedded, tmp_path / "again", config, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train(embedded, tmp_path / "cut", config, progress=False, interrupt_after_batches=7)
+        train(embedded, tmp_path / "cut", config, progress=False, callbacks=[interrupt_after(7)])
     train(embedded, tmp_path / "cut", config, progress=False, resume=True)
     whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
     for other in ("again", "cut"):

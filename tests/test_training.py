@@ -13,7 +13,7 @@ from data_prep.labels import LABELS
 from profiler.config import resolve
 from profiler.models import load_model
 from profiler.training import class_weights, split_indices, train
-from tests.helpers import make_dataset
+from tests.helpers import interrupt_after, make_dataset
 
 TINY = ["--model", "model1", "--set", "filters=[4,4,4,4]", "--set", "dense=[8]", "--batch-size", "4"]
 
@@ -54,7 +54,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
     train(cache, tmp_path / "whole", config, progress=False)
     steps = 5  # 20 training users in batches of 4: interrupt in the middle of epoch 2
     with pytest.raises(KeyboardInterrupt):
-        train(cache, tmp_path / "cut", config, progress=False, interrupt_after_batches=steps + 2)
+        train(cache, tmp_path / "cut", config, progress=False, callbacks=[interrupt_after(steps + 2)])
     assert (tmp_path / "cut" / "backup").is_dir()
     train(cache, tmp_path / "cut", config, progress=False, resume=True)
     whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
