@@ -308,7 +308,8 @@ def _cost_lines(timings: dict, summaries: dict, embedded, test_users: int) -> st
     for name in ("set", "model1", "model2"):
         s = summaries[name]
         trained = timings.get(f"train_{name}_s")
-        lines.append(f"- {SYSTEM_NAMES[name]}: {s['parameters']:,} trained parameters, "
+        lines.append(f"- {SYSTEM_NAMES[name]}: {s['parameters']:,} parameters "
+                     f"({s.get('trained_parameters', s['parameters']):,} trained), "
                      f"{s['epochs_run']} epochs at {s['seconds_per_epoch']:.1f} s"
                      + (f" ({trained:.0f} s in all)" if trained else " (reused)")
                      + f"; predict {test_users} test users at {timings[f'predict_{name}_users_per_s']:.1f} "

@@ -466,5 +466,6 @@ def _summary(run_dir: Path, config: TrainConfig, state: dict, model, n_train: in
         "train_users_per_second": float(n_train / np.median(seconds)),
         "wall_seconds_this_session": elapsed,
         "parameters": int(model.count_params()),
+        "trained_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "flops_per_user": flops_per_user(model),
     }
