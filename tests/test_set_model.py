@@ -265,3 +265,23 @@ def test_a_user_id_the_submission_format_cannot_carry_is_refused(trained, tmp_pa
     assert f"{out}: 'a:::b' cannot be written in the txt format" in result.output
     assert "Traceback" not in result.output and out.read_bytes() == b"previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.txt"]  # no temporary file left
+
+
+def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path):
+    """A crafted config (a bank of 10^9 images) fails to load with a message, allocating nothing."""
+    import json as json_
+    import zipfile
+
+    from profiler.models import load_model, save_model
+
+    save_model(small_model("neighbours"), tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json_.loads(files["config.json"])
+    config["config"]["neighbours"]["size"] = 10 ** 9
+    files["config.json"] = json_.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "evil.keras", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(DataError, match="evil.keras: not a loadable profiler model .*out of range"):
+        load_model(tmp_path / "evil.keras")

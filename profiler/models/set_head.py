@@ -28,6 +28,8 @@ from profiler.config import SET_POOLINGS
 from profiler.models.heads import classification_stage, trait_heads
 
 DEFAULT_CAP = 32
+#: the most values a neighbours bank may hold (1 GiB of float32: a million images at 256 dims)
+MAX_BANK_VALUES = 1 << 28
 #: poolings of per-image features before the classification stage; the others ("evidence",
 #: "neighbours") add up per-image class evidence in each trait's head instead
 FEATURE_POOLINGS = tuple(p for p in SET_POOLINGS if p not in ("evidence", "neighbours"))
@@ -152,6 +154,12 @@ class NeighbourEvidence(keras.layers.Layer):
         self.size, self.dim, self.dims = int(size), int(dim), int(dims)
         self.classes = tuple(int(c) for c in classes)
         self.k, self.temperature = int(min(k, size)), float(temperature)
+        # a model file's configuration is input: refuse sizes that would allocate absurd memory
+        if not (1 <= self.dims <= self.dim <= 1 << 16 and 1 <= self.size <= 1 << 24
+                and self.size * (self.dims + sum(self.classes)) <= MAX_BANK_VALUES
+                and self.k >= 1 and self.temperature > 0 and all(c >= 1 for c in self.classes)):
+            raise ValueError(f"neighbour bank of {self.size} x {self.dims} (dim {self.dim}, k {self.k}, "
+                             f"temperature {self.temperature}) is out of range")
 
     def build(self, shape):
         width = sum(self.classes)
