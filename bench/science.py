@@ -2,7 +2,7 @@
 
 Reproduce with (the sample datasets first, e.g. at the MEX-A3T size):
   profiler sample-data data/m0 --users 5000 --seed 0
-  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence] [--out results/science.md]
+  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence,neighbours] [--out results/science.md]
 
 For each sample dataset: the Bayes rule (the ceiling), the instance-probe reference (the
 features' limit: a linear probe from each image's embedding to its answer-key group,
@@ -28,9 +28,6 @@ import pandas as pd
 
 from bench.common import machine
 
-SYSTEMS_FIRST = ("Bayes rule (ceiling)", "Instance-probe reference", "Item oracle + logistic regression")
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -51,10 +48,10 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> d
     base = resolve("default", overrides={"model": "set"})
     encoder = get_encoder(base.encoder)
     t = time.perf_counter()
+    datasets = {split: load_dataset(data / split) for split in ("train", "test")}
     with EmbeddingStore(store_path) as store:
-        embedded = {split: EmbeddedData.for_training(load_dataset(data / split), base, store,
-                                                     encoder=encoder, progress=True)
-                    for split in ("train", "test")}
+        embedded = {split: EmbeddedData.for_training(dataset, base, store, encoder=encoder, progress=True)
+                    for split, dataset in datasets.items()}
     timings = {"embed_s": time.perf_counter() - t}
     truth = evaluation.load_truth_for_scoring(data / "test")
     predictions = {"Bayes rule (ceiling)": read_truth(data / "bayes_rule_test.txt")}
@@ -70,8 +67,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> d
         timings[f"train_{pooling}_s"] = time.perf_counter() - t
         with EmbeddingStore(store_path) as store:
             predictor = Predictor.load(work / pooling / "model.keras", encoder=encoder, store=store)
-            users = load_dataset(data / "test").users
-            rows = [r for batch in iter_predictions(users, predictor) for r in batch]
+            rows = [r for batch in iter_predictions(datasets["test"].users, predictor) for r in batch]
         table = flatten(rows, predictor.info["labels"]).set_index("user_id")[list(TRAITS)]
         predictions[f"Set model ({pooling} pooling)"] = table
         _log(f"  {pooling}: {summary['epochs_run']} epochs, best {summary['best_epoch']}")
@@ -119,7 +115,7 @@ def render(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="+", type=Path, help="sample dataset folders")
-    parser.add_argument("--poolings", default="mean,evidence")
+    parser.add_argument("--poolings", default="mean,evidence,neighbours")
     parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("results/science.md"))
     args = parser.parse_args()
@@ -130,9 +126,10 @@ def main() -> None:
         _log(f"{data}:")
         with tempfile.TemporaryDirectory() as work:
             runs.append(evaluate(data, args.poolings.split(","), args.embeddings, Path(work)))
-    atomic_write_text(args.out, render(runs))
+    text = render(runs)
+    atomic_write_text(args.out, text)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(runs, indent=2) + "\n")
-    print(render(runs))
+    print(text)
 
 
 if __name__ == "__main__":

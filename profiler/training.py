@@ -205,7 +205,7 @@ def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -
     layer = model.get_layer("neighbours")
     standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
     pca = PCA(layer.dims, svd_solver="randomized", random_state=seed).fit(standard)
-    owner = np.repeat(positions, [len(data.user_images(int(i))) for i in positions])
+    owner = np.repeat(positions, data.counts[positions])
     onehots, priors = [], []
     for t in TRAITS:
         k = len(LABELS[t])
