@@ -88,7 +88,7 @@ def signal_recognition(name: str, data: Path, store) -> float:
 
 def set_model_scores(name: str, data: Path, store, work: Path, seed: int, **overrides) -> dict:
     from data_prep.dataset import load_dataset
-    from data_prep.labels import TRAITS
+    from core.labels import TRAITS
     from profiler.config import resolve
     from profiler.embeddings import EmbeddedData
     from profiler.pipeline import BAYES_NAME, predict_submission, score_files

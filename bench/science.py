@@ -34,7 +34,7 @@ def _log(message: str) -> None:
 
 def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> dict:
     from data_prep.dataset import load_dataset
-    from data_prep.labels import TRAITS
+    from core.labels import TRAITS
     from data_prep.sample.oracle import oracle_submission
     from data_prep.sample.probe import probe_submission
     from data_prep.truth import read_truth
@@ -82,7 +82,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> d
 def render(runs: list[dict]) -> str:
     from tabulate import tabulate
 
-    from data_prep.labels import TRAITS
+    from core.labels import TRAITS
 
     parts = ["# The set model against the references (`bench/science.py`)", ""]
     for run in runs:
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("results/science.md"))
     args = parser.parse_args()
-    from data_prep.io import atomic_write_text
+    from core.io import atomic_write_text
 
     runs = []
     for data in args.data:

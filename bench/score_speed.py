@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import figure, stage_main
-from data_prep.labels import LABELS, TRAITS
+from core.labels import LABELS, TRAITS
 from profiler.evaluation import load_submission, load_truth_for_scoring, score
 from profiler.reports import render
 

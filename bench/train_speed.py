@@ -23,7 +23,7 @@ from bench.common import bench_jpegs, figure, stage_main
 
 def _cache(n_users: int, size: int):
     from data_prep.cache import PrepareConfig, prepare
-    from data_prep.labels import LABELS, TRAITS
+    from core.labels import LABELS, TRAITS
 
     root = bench_jpegs(n_users)
     rng = np.random.default_rng(0)

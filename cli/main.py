@@ -10,19 +10,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
-from data_prep.errors import DataError
+from core.errors import ProfilerError
 from profiler import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 class Group(click.Group):
-    """A click group that turns the library's input errors into clean CLI errors (exit 1)."""
+    """A click group that turns the library's errors (``ProfilerError``) into clean CLI errors (exit 1)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except DataError as exc:
+        except ProfilerError as exc:
             raise click.ClickException(str(exc)) from exc
 
 
@@ -33,7 +33,7 @@ class Choice(click.Choice):
         try:
             return super().convert(value, param, ctx)
         except click.BadParameter as exc:
-            from data_prep.labels import suggest
+            from core.labels import suggest
 
             close = suggest(str(value), list(self.choices))
             if close:
@@ -50,7 +50,7 @@ def echo_problems(problems) -> None:
 def write_output(text: str, output: str | None) -> None:
     """Write a result to ``output`` atomically, or to stdout."""
     if output:
-        from data_prep.io import atomic_write_text
+        from core.io import atomic_write_text
 
         atomic_write_text(output, text)
         click.echo(f"wrote {output}", err=True)

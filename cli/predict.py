@@ -51,8 +51,8 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
     """
     from data_prep.cache import default_workers
     from data_prep.dataset import discover_users
-    from data_prep.io import atomic_path
-    from data_prep.labels import TRAITS
+    from core.io import atomic_path
+    from core.labels import TRAITS
     from data_prep.truth import label_line
     from profiler.prediction import Predictor, flatten, iter_predictions, to_json_record
 

@@ -28,7 +28,7 @@ def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_i
     if (source / "meta.json").is_file():
         return Cache.open(source)
     from data_prep.dataset import find_truth
-    from data_prep.errors import DataError
+    from core.errors import DataError
 
     if find_truth(source) is None:
         raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
@@ -42,7 +42,7 @@ def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_i
 def embed_dataset(source: Path, config, *, store_path: Path | None, allow_missing: bool, progress: bool):
     """The dataset at ``source`` as image embeddings (through the embedding cache)."""
     from data_prep.dataset import find_truth, load_dataset
-    from data_prep.errors import DataError
+    from core.errors import DataError
     from profiler.embeddings import EmbeddedData, EmbeddingStore
 
     if (source / "meta.json").is_file():

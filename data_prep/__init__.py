@@ -2,6 +2,6 @@
 
 Imports neither Keras nor TensorFlow.
 """
-from data_prep.labels import LABELS, TRAITS, label_space, normalize_label
+from core.labels import LABELS, TRAITS, label_space, normalize_label
 
 __all__ = ["LABELS", "TRAITS", "label_space", "normalize_label"]

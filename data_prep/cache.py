@@ -36,10 +36,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data_prep.dataset import Dataset, User, load_dataset
-from data_prep.errors import DataError, ImageError
+from core.errors import DataError, ImageError
 from data_prep.images import FITS, load_image
-from data_prep.io import atomic_dir, atomic_write_text
-from data_prep.labels import TRAITS, label_space
+from core.io import atomic_dir, atomic_write_text
+from core.labels import TRAITS, label_space
 from data_prep.volumes import DEFAULT_P, DEFAULT_SIZE, select_indices
 
 log = logging.getLogger("profiler")
@@ -249,7 +249,7 @@ def _write_cache(tmp: Path, dataset: Dataset, config: PrepareConfig, stamp: str,
     columns = ["user_id", *TRAITS, "n_images", "n_files", "offset", "files"]
     pd.DataFrame(rows, columns=columns).to_csv(tmp / "users.csv", index=False)
     pd.DataFrame(skipped, columns=["user_id", "file", "reason"]).to_csv(tmp / "skipped.csv", index=False)
-    from profiler import __version__
+    from core import __version__
 
     meta = {
         "cache_version": CACHE_VERSION,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.errors import DataError, listing
-from data_prep.labels import TRAITS
+from core.errors import DataError, listing
+from core.labels import TRAITS
 from data_prep.truth import read_truth
 
 log = logging.getLogger("profiler")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data_prep.errors import ImageError
+from core.errors import ImageError
 
 #: Formats accepted, by content. (Pillow's JPEG opener also returns the multi-picture
 #: "MPO" JPEGs some phones write.)

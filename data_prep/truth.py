@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.errors import DataError, Problem
-from data_prep.labels import TRAITS, UnknownLabel, normalize_label
+from core.errors import DataError, Problem
+from core.labels import TRAITS, UnknownLabel, normalize_label
 
 FORMATS = ("txt", "csv", "jsonl")
 COLUMNS = ("user_id",) + TRAITS
@@ -255,7 +255,7 @@ def label_line(values, path: str | Path) -> str:
 
 def write_label_file(table: pd.DataFrame, path: str | Path, *, fmt: str = "txt") -> None:
     """Write ``user_id`` and the three traits in one of the readable formats, atomically."""
-    from data_prep.io import atomic_write_text
+    from core.io import atomic_write_text
 
     frame = table.reset_index() if "user_id" not in table.columns else table
     frame = frame[list(COLUMNS)]

@@ -3,7 +3,7 @@
 Heavy modules (Keras, TensorFlow) are imported only by the functions that need them,
 so importing the package, the data stage or the evaluator is quick.
 """
-__version__ = "0.1.0"
+from core import __version__  # noqa: F401  (one version for every layer)
 
 
 def __getattr__(name: str):

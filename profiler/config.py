@@ -22,13 +22,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.errors import DataError
-from data_prep.labels import TRAITS, suggest
+from core.errors import ConfigError
+from core.labels import TRAITS, suggest
+from profiler.models.choices import DEFAULT_CAP, DEFAULT_FILTERS, SET_POOLINGS, VARIANTS
 
-MODELS = ("model1", "model2", "set")
-SET_POOLINGS = ("mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours")
-#: convolutions per model (``filters`` needs one count each; see profiler.models.cnn3d)
-CONVOLUTIONS = {"model1": 4, "model2": 7}
+MODELS = (*VARIANTS, "set")
+#: convolutions per model (``filters`` needs one count each)
+CONVOLUTIONS = {variant: len(filters) for variant, filters in DEFAULT_FILTERS.items()}
 SCHEDULES = ("constant", "inverse_time", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -56,7 +56,7 @@ class TrainConfig:
     pooling: str = "avg"
     # the set model (frozen encoder + head over the set of image embeddings)
     encoder: str = "efficientnet_lite0"
-    cap: int = 32  # most images per user the head sees (fewer are masked, never filled)
+    cap: int = DEFAULT_CAP  # most images per user the head sees (fewer are masked, never filled)
     hidden: list[int] = field(default_factory=lambda: [256])  # per-image layers before pooling
     set_pooling: str = "neighbours"  # chosen by measurement on the sample data (README, results/science.md)
     neighbours: int = 200  # "neighbours" pooling: training images that vote for each image
@@ -105,7 +105,7 @@ class TrainConfig:
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
-            raise DataError("invalid training configuration: " + "; ".join(problems))
+            raise ConfigError("invalid training configuration: " + "; ".join(problems))
         return self
 
     def to_json(self) -> dict:
@@ -140,7 +140,7 @@ def _coerce(key: str, value):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise DataError(f"{key} must be true or false, not {value!r}")
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
     if isinstance(default, int):
         return int(value)
     if isinstance(default, float):
@@ -149,7 +149,7 @@ def _coerce(key: str, value):
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{key} must be JSON (for example [32, 64]), not {value!r}") from exc
+            raise ConfigError(f"{key} must be JSON (for example [32, 64]), not {value!r}") from exc
     return value
 
 
@@ -161,11 +161,11 @@ def apply_overrides(base: dict, overrides: dict, *, source: str) -> dict:
         if key not in known:
             close = suggest(key, known)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(f"{source}: unknown setting {key!r}{hint}")
+            raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
         try:
             out[key] = _coerce(key, value)
         except ValueError as exc:
-            raise DataError(f"{source}: bad value for {key}: {exc}") from exc
+            raise ConfigError(f"{source}: bad value for {key}: {exc}") from exc
     return out
 
 
@@ -181,9 +181,9 @@ def read_config_file(path: str | Path) -> dict:
         else:
             settings = json.loads(text)
     except Exception as exc:
-        raise DataError(f"{path}: cannot parse settings: {exc}") from exc
+        raise ConfigError(f"{path}: cannot parse settings: {exc}") from exc
     if not isinstance(settings, dict):
-        raise DataError(f"{path}: settings must be an object of key: value pairs, not a {type(settings).__name__}")
+        raise ConfigError(f"{path}: settings must be an object of key: value pairs, not a {type(settings).__name__}")
     return settings
 
 
@@ -193,7 +193,7 @@ def resolve(preset: str = "default", *, file: str | Path | None = None,
     if preset not in PRESETS:
         close = suggest(preset, list(PRESETS))
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"unknown preset {preset!r}{hint}; expected one of {list(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}{hint}; expected one of {list(PRESETS)}")
     values = apply_overrides(TrainConfig().to_json(), PRESETS[preset], source=f"preset {preset}")
     values["preset"] = preset
     if file is not None:

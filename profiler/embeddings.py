@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from data_prep.cache import DEFAULT_MAX_IMAGES, DecodedUser, candidate_order
 from data_prep.dataset import Dataset, User
-from data_prep.errors import DataError, ImageError, listing
+from core.errors import DataError, ImageError, listing
 from data_prep.images import open_rgb
-from data_prep.labels import LABELS, TRAITS
+from core.labels import LABELS, TRAITS
 
 log = logging.getLogger("profiler")
 STORE_NAME = "embeddings.sqlite"

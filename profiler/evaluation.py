@@ -28,59 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-from data_prep.errors import DataError, Problem
-from data_prep.labels import LABELS, TRAITS
+from core.errors import DataError, Problem
+from core.labels import LABELS, TRAITS
+from core.metrics import AVERAGES, F_MEASURES, MISSING, check_options, encode, trait_scores  # noqa: F401
 from data_prep.truth import read_label_file, read_text
-
-AVERAGES = ("macro", "weighted")
-F_MEASURES = ("mean", "pan")
-MISSING = -1
-
-
-def encode(values, trait: str) -> np.ndarray:
-    """Class indices of canonical label names; None/NaN (a missing prediction) -> -1."""
-    return pd.Categorical(values, categories=LABELS[trait]).codes.astype(np.int64)
-
-
-def trait_scores(y_true: np.ndarray, y_pred: np.ndarray, trait: str, *,
-                 average: str = "macro", f_measure: str = "mean") -> dict:
-    """F, Acc, P, R, per-class figures and the confusion matrix for one trait.
-
-    ``y_true`` and ``y_pred`` are class indices (``encode``); -1 in ``y_pred`` is a
-    missing prediction, counted wrong.
-    """
-    _check_options(average, f_measure)
-    names = LABELS[trait]
-    all_classes = list(range(len(names)))
-    present = sorted(set(np.unique(y_true)) | (set(np.unique(y_pred)) - {MISSING}))
-    p, r, f, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=present, average=average, zero_division=0)
-    if f_measure == "pan":
-        f = 2 * p * r / (p + r) if p + r > 0 else 0.0
-    cp, cr, cf, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=all_classes, average=None, zero_division=0)
-    matrix = confusion_matrix(y_true, y_pred, labels=all_classes + [MISSING])[:-1]
-    per_class = {
-        name: {"acc": float(cr[i]), "precision": float(cp[i]), "f1": float(cf[i]),
-               "support": int(support[i]), "predicted": int(matrix[:, i].sum())}
-        for i, name in enumerate(names)
-    }
-    return {
-        "F": float(f), "Acc": float(accuracy_score(y_true, y_pred)), "P": float(p), "R": float(r),
-        "per_class": per_class,
-        "confusion": {"labels": list(names), "matrix": matrix[:, :-1].tolist(),
-                      "missing": matrix[:, -1].tolist()},
-    }
-
-
-def _check_options(average: str, f_measure: str) -> None:
-    if average not in AVERAGES:
-        raise ValueError(f"average must be one of {AVERAGES}, not {average!r}")
-    if f_measure not in F_MEASURES:
-        raise ValueError(f"f_measure must be one of {F_MEASURES}, not {f_measure!r}")
-
 
 def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, rounds: int,
                      seed: int = 0, average: str = "macro", f_measure: str = "mean",
@@ -90,7 +41,7 @@ def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, 
     Computed from confusion counts in NumPy (the same definitions as ``trait_scores``;
     the tests check both agree), since calling scikit-learn per resample is slow.
     """
-    _check_options(average, f_measure)
+    check_options(average, f_measure)
     rng = np.random.default_rng(seed)
     n = len(y_true)
     k = n_classes + 1  # last column: missing predictions
@@ -138,7 +89,7 @@ def score(truth: pd.DataFrame, predictions: pd.DataFrame, *, average: str = "mac
     predictions are ignored (validation decides whether they are an error). With
     ``bootstrap`` > 0, each trait gets 95 % intervals over that many resamples.
     """
-    _check_options(average, f_measure)
+    check_options(average, f_measure)
     aligned = predictions.reindex(truth.index)
     missing = aligned.index[aligned[list(TRAITS)].isna().all(axis=1)].tolist()
     result = {"n_users": int(len(truth)), "n_missing": len(missing), "missing_users": missing,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.errors import DataError
-from data_prep.io import atomic_write_text
-from data_prep.labels import TRAITS
+from core.errors import DataError
+from core.io import atomic_write_text
+from core.labels import TRAITS
 
 BAYES_NAME = "Bayes rule (ceiling)"
 

@@ -17,7 +17,7 @@ def _pyplot():
 
 def save_figure(fig, path: str | Path) -> Path:
     """Save a matplotlib figure to ``path`` atomically and close it."""
-    from data_prep.io import atomic_path
+    from core.io import atomic_path
 
     plt = _pyplot()
     with atomic_path(path) as tmp:
@@ -47,7 +47,7 @@ def confusion_heatmap(scores: dict, path: str | Path, *, title: str) -> Path:
 def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size: int = 96) -> Path:
     """A grid of the first ``users`` users of a dataset: one row each, labels on the left."""
     from data_prep.dataset import load_dataset
-    from data_prep.errors import ImageError
+    from core.errors import ImageError
     from data_prep.images import load_image
 
     plt = _pyplot()
@@ -85,7 +85,7 @@ def training_curves(history_csv: str | Path, path: str | Path, *, title: str,
     """
     import pandas as pd
 
-    from data_prep.labels import TRAITS
+    from core.labels import TRAITS
 
     plt = _pyplot()
     history = pd.read_csv(history_csv)

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from data_prep.cache import DecodedUser, PrepareConfig, decode_users, decoding_pool
 from data_prep.dataset import User, discover_users
-from data_prep.errors import DataError
-from data_prep.labels import TRAITS
+from core.errors import ModelFileError
+from core.labels import TRAITS
 from data_prep.volumes import select_indices
 from profiler.batching import padded_chunks
 
@@ -78,7 +78,7 @@ class Predictor:
         needed = info["encoder"]
         encoder = encoder or get_encoder(needed)
         if encoder.identity != needed:
-            raise DataError(f"{name}: this model was trained on embeddings from encoder {needed}, "
+            raise ModelFileError(f"{name}: this model was trained on embeddings from encoder {needed}, "
                             f"but the encoder given is {encoder.identity}; embeddings from another "
                             "encoder (or other weights) mean nothing to it")
         if not isinstance(store, EmbeddingStore):

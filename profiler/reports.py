@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from data_prep.labels import LABELS, TRAITS
+from core.labels import LABELS, TRAITS
 from profiler import paper
 
 FORMATS = ("markdown", "csv", "json", "latex")

@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from data_prep.cache import Cache
-from data_prep.errors import DataError
-from data_prep.io import atomic_write_text
-from data_prep.labels import LABELS, TRAITS
+from core.errors import DataError, RunStateError
+from core.io import atomic_write_text
+from core.labels import LABELS, TRAITS
 from profiler.config import TrainConfig
 
 STATE_FILE = "train_state.json"
@@ -335,7 +335,7 @@ def make_validation_callback(val: EpochData, run_dir: Path, config: TrainConfig,
             """
             saved = self.state.get("seed_states", {}).get(str(epochs_done))
             if epochs_done and saved is None:
-                raise DataError(f"{run_dir}: no random-generator state saved for epoch "
+                raise RunStateError(f"{run_dir}: no random-generator state saved for epoch "
                                 f"{epochs_done}; cannot resume exactly")
             for v, value in zip(_seed_variables(self.model), saved or []):
                 v.assign(np.asarray(value, dtype=v.dtype))
@@ -396,10 +396,10 @@ def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fal
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
     if state_path.is_file() and not resume:
-        raise DataError(f"{run_dir}: a training run is already here; use --resume to continue "
+        raise RunStateError(f"{run_dir}: a training run is already here; use --resume to continue "
                         "it, or another --out")
     if resume and state_path.is_file() and json.loads(state_path.read_text()).get("done"):
-        raise DataError(f"{run_dir}: this run has already finished")
+        raise RunStateError(f"{run_dir}: this run has already finished")
     if not cache.has_truth:
         raise DataError(f"{cache.root}: training needs a dataset with a truth file")
     if (config.model == "set") != is_embedded(cache):

@@ -53,7 +53,7 @@ def make_dataset(root: Path, users: dict[str, int], *, labels: dict[str, tuple] 
 
     Image j of every user is solid ``COLORS[j]``; labels default to cycling values.
     """
-    from data_prep.labels import LABELS
+    from core.labels import LABELS
 
     lines = []
     for n, (uid, count) in enumerate(users.items()):

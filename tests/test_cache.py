@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from data_prep.cache import Cache, PrepareConfig, candidate_order, prepare
-from data_prep.errors import DataError
+from core.errors import DataError
 from tests.helpers import COLORS, make_dataset, png_header_only, save, solid, truncated_jpeg
 
 CONFIG = PrepareConfig(height=16, width=16)

@@ -1,7 +1,7 @@
 import pytest
 
 from data_prep.dataset import discover_users, load_dataset
-from data_prep.errors import DataError
+from core.errors import DataError
 from tests.helpers import make_dataset, save, solid
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.errors import DataError
+from core.errors import ConfigError
 from profiler.encoders import get_encoder
 from tests.helpers import COLORS
 
@@ -74,5 +74,5 @@ def test_preprocessing_as_the_weights_expect():
 
 
 def test_unknown_encoder():
-    with pytest.raises(DataError, match="unknown encoder 'open_nsf'.*did you mean 'open_nsfw'"):
+    with pytest.raises(ConfigError, match="unknown encoder 'open_nsf'.*did you mean 'open_nsfw'"):
         get_encoder("open_nsf")

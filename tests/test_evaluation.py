@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import classification_report
 
-from data_prep.labels import TRAITS
+from core.labels import TRAITS
 from profiler.evaluation import (MISSING, _metrics_from_counts, bootstrap_scores, encode,
                                  load_submission, majority_baseline, score, stratified_baseline,
                                  trait_scores)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.errors import ImageError
+from core.errors import ImageError
 from data_prep.images import load_image
 from tests.helpers import png_header_only, save, solid, truncated_jpeg
 

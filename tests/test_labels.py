@@ -1,6 +1,6 @@
 import pytest
 
-from data_prep.labels import (LABELS, TRAITS, UnknownLabel, check_label_space, label_space,
+from core.labels import (LABELS, TRAITS, UnknownLabel, check_label_space, label_space,
                               normalize_label)
 
 

@@ -72,9 +72,9 @@ def test_flops_are_counted_from_the_layers():
 
 
 def test_bad_model_file(tmp_path):
-    from data_prep.errors import DataError
+    from core.errors import ModelFileError
 
     bad = tmp_path / "x.keras"
     bad.write_text("nope")
-    with pytest.raises(DataError, match="not a loadable profiler model"):
+    with pytest.raises(ModelFileError, match="not a loadable profiler model"):
         load_model(bad)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from data_prep.errors import DataError
-from data_prep.labels import TRAITS
+from core.errors import DataError
+from core.labels import TRAITS
 from data_prep.sample.process import COMBOS
 
 

@@ -7,9 +7,9 @@ from click.testing import CliRunner
 from cli.main import main
 from data_prep.cache import PrepareConfig, prepare
 from data_prep.dataset import load_dataset
-from data_prep.errors import DataError, ImageError
+from core.errors import DataError, ImageError
 from data_prep.images import load_image
-from data_prep.labels import LABELS, TRAITS
+from core.labels import LABELS, TRAITS
 from data_prep.sample.catalog import Pools, build_pools, load_items
 from data_prep.sample.generate import SampleConfig, generate
 from data_prep.sample.process import PRIORS, Process, ProcessConfig

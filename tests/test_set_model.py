@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from data_prep.errors import DataError
+from core.errors import DataError, ModelFileError
 from profiler.models.set_head import SetProfiler, pack_set
 from tests.helpers import interrupt_after, make_dataset
 
@@ -133,7 +133,7 @@ def test_refuses_another_encoder(trained):
         identity = "tiny@other-weights"
 
     root, _, _ = trained
-    with pytest.raises(DataError, match="trained on embeddings from encoder tiny@test, but the encoder "
+    with pytest.raises(ModelFileError, match="trained on embeddings from encoder tiny@test, but the encoder "
                                         "given is tiny@other-weights"):
         Predictor.load(root / "run" / "model.keras", encoder=Other())
 
@@ -283,5 +283,5 @@ def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.keras", "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
-    with pytest.raises(DataError, match="evil.keras: not a loadable profiler model .*out of range"):
+    with pytest.raises(ModelFileError, match="evil.keras: not a loadable profiler model .*out of range"):
         load_model(tmp_path / "evil.keras")

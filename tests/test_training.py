@@ -8,8 +8,8 @@ from PIL import Image
 
 from cli.main import main
 from data_prep.cache import PrepareConfig, prepare
-from data_prep.errors import DataError
-from data_prep.labels import LABELS
+from core.errors import ConfigError, DataError, RunStateError
+from core.labels import LABELS
 from profiler.config import resolve
 from profiler.models import load_model
 from profiler.training import class_weights, split_indices, train
@@ -63,7 +63,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
     a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / "cut" / "last.keras")
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         assert np.array_equal(wa, wb)
-    with pytest.raises(DataError, match="already finished"):
+    with pytest.raises(RunStateError, match="already finished"):
         train(cache, tmp_path / "cut", config, progress=False, resume=True)
 
 
@@ -89,19 +89,12 @@ def test_config_file_and_validation(tmp_path):
     path.write_text('learning_rate = 0.01\nhead_weights = {gender = 2.0, location = 1.0, occupation = 1.0}\n')
     config = resolve("default", file=path)
     assert config.learning_rate == 0.01 and config.head_weights["gender"] == 2.0
-    with pytest.raises(DataError, match="unknown preset 'papr' \\(did you mean 'paper'\\?\\)"):
+    with pytest.raises(ConfigError, match="unknown preset 'papr' \\(did you mean 'paper'\\?\\)"):
         resolve("papr")
-    with pytest.raises(DataError, match="epochs must be at least 1"):
+    with pytest.raises(ConfigError, match="epochs must be at least 1"):
         resolve("default", overrides={"epochs": 0})
-    with pytest.raises(DataError, match=r"filters needs 7 counts for model2 \(one per convolution\), not \[4, 4\]"):
+    with pytest.raises(ConfigError, match=r"filters needs 7 counts for model2 \(one per convolution\), not \[4, 4\]"):
         resolve("default", overrides={"model": "model2", "filters": "[4,4]"})
-
-
-def test_convolution_counts_agree_with_the_models():
-    from profiler.config import CONVOLUTIONS
-    from profiler.models.cnn3d import DEFAULT_FILTERS
-
-    assert {v: len(f) for v, f in DEFAULT_FILTERS.items()} == CONVOLUTIONS
 
 
 def test_training_needs_truth(tmp_path):

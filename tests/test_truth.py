@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from data_prep.errors import DataError
+from core.errors import DataError
 from data_prep.truth import read_label_file, read_truth, write_label_file
 
 

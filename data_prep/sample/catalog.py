@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.labels import LABELS
+from core.labels import LABELS
 
 # Gendered people that are not occupations: gestures, poses, leisure.
 GENDER_PEOPLE = (

@@ -23,9 +23,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data_prep.cache import start_method
-from data_prep.errors import DataError
-from data_prep.io import atomic_dir
-from data_prep.labels import TRAITS
+from core.errors import DataError
+from core.io import atomic_dir
+from core.labels import TRAITS
 from data_prep.sample.catalog import build_pools, load_items
 from data_prep.sample.process import Process, ProcessConfig
 from data_prep.sample.render import compose

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from data_prep.dataset import load_dataset
-from data_prep.errors import DataError
-from data_prep.labels import TRAITS
+from core.errors import DataError
+from core.labels import TRAITS
 from data_prep.truth import write_label_file
 
 NAME = "Item oracle + logistic regression"

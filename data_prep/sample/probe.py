@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.errors import DataError
-from data_prep.labels import LABELS, TRAITS
+from core.errors import DataError
+from core.labels import LABELS, TRAITS
 from data_prep.sample.process import Process
 
 NAME = "Instance-probe reference"

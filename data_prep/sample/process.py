@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from data_prep.labels import LABELS, TRAITS
+from core.labels import LABELS, TRAITS
 from data_prep.sample.catalog import Pools
 
 PRIORS = {
@@ -149,7 +149,7 @@ class Process:
         Also the *expected* accuracy (mean of the top posterior), a lower-variance
         estimate of the same ceiling.
         """
-        from profiler.evaluation import trait_scores
+        from core.metrics import trait_scores
 
         readable = [[i for i, b in zip(u["items"], u["broken"]) if not b] for u in users]
         margins = self.marginals(self.posterior(readable))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from data_prep.errors import DataError
+from core.errors import ConfigError
 from profiler.encoders.base import Encoder
 
 
@@ -36,13 +36,13 @@ def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
 
 def get_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
     """The encoder called ``name`` (or named by an encoder identity ``name@digest``)."""
-    from data_prep.labels import suggest
+    from core.labels import suggest
 
     base = name.split("@", 1)[0].split(":", 1)[0]
     if base not in ENCODERS:
         close = suggest(base, list(ENCODERS))
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"unknown encoder {name!r}{hint}; expected one of {', '.join(ENCODERS)}")
+        raise ConfigError(f"unknown encoder {name!r}{hint}; expected one of {', '.join(ENCODERS)}")
     return ENCODERS[base]()
 
 

@@ -2,14 +2,26 @@
 and a head over the set of a user's image embeddings from a frozen encoder (the default).
 
 Model code uses only ``keras.*`` so it runs on the TensorFlow, JAX and PyTorch backends.
+The names below load Keras on first use, so ``profiler.models.choices`` stays light.
 """
-from profiler.backend import import_keras
+_NAMES = {"VARIANTS": "choices", "block_list": "cnn3d", "Cnn3dProfiler": "cnn3d",
+          "SetProfiler": "set_head", "load_model": "io", "model_info": "io", "save_model": "io"}
 
-import_keras()
+__all__ = sorted(_NAMES)
 
-from profiler.models.cnn3d import VARIANTS, Cnn3dProfiler, block_list  # noqa: E402
-from profiler.models.io import load_model, model_info, save_model  # noqa: E402
-from profiler.models.set_head import SetProfiler  # noqa: E402
 
-__all__ = ["VARIANTS", "Cnn3dProfiler", "SetProfiler", "block_list", "load_model", "model_info",
-           "save_model"]
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'profiler.models' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"profiler.models.{_NAMES[name]}"), name)
+
+
+def register() -> None:
+    """Import the model modules, so that Keras knows their serializable classes."""
+    from profiler.backend import import_keras
+
+    import_keras()
+    import profiler.models.cnn3d  # noqa: F401
+    import profiler.models.set_head  # noqa: F401

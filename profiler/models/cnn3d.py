@@ -23,17 +23,14 @@ Choices the paper leaves open, and why:
 """
 from __future__ import annotations
 
-import keras
+from profiler.backend import import_keras
 
-from data_prep.labels import TRAITS, label_space
+keras = import_keras()  # before Keras: the backend's settings and quiet start-up
+
+from core.labels import TRAITS, label_space
 from profiler import __version__
+from profiler.models.choices import DEFAULT_FILTERS, POOLINGS, VARIANTS
 from profiler.models.heads import classification_stage, trait_heads
-
-VARIANTS = ("model1", "model2")
-POOLINGS = ("avg", "flatten")
-
-#: default filters per variant (one per convolution)
-DEFAULT_FILTERS = {"model1": (32, 64, 128, 256), "model2": (32, 64, 128, 128, 256, 256, 256)}
 
 
 def block_list(variant: str, filters: tuple[int, ...] | None = None) -> list[tuple[int, tuple | None]]:

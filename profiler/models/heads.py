@@ -1,9 +1,11 @@
 """The classification stage and the three named softmax heads, for any trunk."""
 from __future__ import annotations
 
-import keras
+from profiler.backend import import_keras
 
-from data_prep.labels import TRAITS
+keras = import_keras()  # before Keras: the backend's settings and quiet start-up
+
+from core.labels import TRAITS
 
 
 def classification_stage(x, dense: tuple[int, ...], dropout: float, *, name: str = "fc"):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.errors import DataError
+from core.errors import ModelFileError
 
 
 def save_model(model, path: str | Path) -> Path:
     """Save ``model`` to ``path`` (a ``.keras`` file) atomically."""
-    from data_prep.io import atomic_path
+    from core.io import atomic_path
 
     path = Path(path)
     if path.suffix != ".keras":
@@ -27,15 +27,17 @@ def load_model(path: str | Path, *, compile: bool = False):
     """
     import keras
 
-    import profiler.models  # noqa: F401  (registers the serializable classes)
+    from profiler.models import register
+
+    register()  # Keras learns the custom classes
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such model file")
+        raise ModelFileError(f"{path}: no such model file")
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file
-        raise DataError(f"{path}: not a loadable profiler model ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(f"{path}: not a loadable profiler model ({type(exc).__name__}: {exc})") from exc
 
 
 def model_info(model) -> dict:

@@ -18,21 +18,20 @@ to adding empty slots.
 """
 from __future__ import annotations
 
-import keras
 import numpy as np
-from keras import ops
 
-from data_prep.labels import TRAITS, label_space
+from profiler.backend import import_keras
+
+keras = import_keras()  # before Keras: the backend's settings and quiet start-up
+ops = keras.ops
+
+from core.labels import TRAITS, label_space
 from profiler import __version__
-from profiler.config import SET_POOLINGS
+from profiler.models.choices import DEFAULT_CAP, FEATURE_POOLINGS, SET_POOLINGS  # noqa: F401
 from profiler.models.heads import classification_stage, trait_heads
 
-DEFAULT_CAP = 32
 #: the most values a neighbours bank may hold (1 GiB of float32: a million images at 256 dims)
 MAX_BANK_VALUES = 1 << 28
-#: poolings of per-image features before the classification stage; the others ("evidence",
-#: "neighbours") add up per-image class evidence in each trait's head instead
-FEATURE_POOLINGS = tuple(p for p in SET_POOLINGS if p not in ("evidence", "neighbours"))
 
 
 @keras.saving.register_keras_serializable(package="profiler")

@@ -1,4 +1,11 @@
-"""Error types for bad input: each names the file (and line) it is about."""
+"""The package's errors: each names the file (and line) it is about.
+
+``ProfilerError`` is the root; the command line turns any of them into a one-line
+message and exit code 1. Its kinds say whose fault it is and what to fix:
+``DataError`` (an input file or folder), ``ConfigError`` (a setting),
+``RunStateError`` (a run directory: finished, already there, not resumable) and
+``ModelFileError`` (a model file that cannot be loaded or does not fit its inputs).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +26,8 @@ class Problem:
         return f"{where}: {self.severity}: {self.message}"
 
 
-class DataError(Exception):
-    """Bad input data; the message names the file and, where there is one, the line.
+class ProfilerError(Exception):
+    """Anything profiler refuses to do, with a message a user can act on.
 
     ``problems`` holds every problem found, so a user can fix them all at once.
     """
@@ -28,6 +35,10 @@ class DataError(Exception):
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
+
+
+class DataError(ProfilerError):
+    """Bad input data; the message names the file and, where there is one, the line."""
 
     @classmethod
     def from_problems(cls, problems: list[Problem], *, limit: int = 20) -> "DataError":
@@ -38,6 +49,18 @@ class DataError(Exception):
         if len(errors) > limit:
             lines.append(f"... and {len(errors) - limit} more problems")
         return cls("\n".join(lines), problems)
+
+
+class ConfigError(ProfilerError):
+    """A bad setting: an unknown key, a value out of range, a settings file that does not parse."""
+
+
+class RunStateError(ProfilerError):
+    """A run directory in a state that forbids the request (finished, occupied, not resumable)."""
+
+
+class ModelFileError(ProfilerError):
+    """A model file that cannot be loaded safely, or that does not fit the inputs given."""
 
 
 def listing(items: list[str], limit: int = 10) -> str:
