@@ -44,12 +44,9 @@ def bench_jpegs(users: int) -> Path:
 def untrained(model: str, size: int = 64):
     """A freshly initialised Model 1 or Model 2 for ``size`` px volumes (speed needs no training)."""
     from profiler.config import resolve
-    from profiler.training import build_model
+    from profiler.families import family_of
 
-    class Shape:  # what build_model reads of a cache
-        image_size = (size, size)
-
-    return build_model(resolve("default", overrides={"model": model}), Shape())
+    return family_of(model).build(resolve("default", overrides={"model": model, "size": size}))
 
 
 def repeat(fn, runs: int = 3) -> dict:

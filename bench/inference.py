@@ -175,11 +175,13 @@ def latency(quick: bool) -> list[dict]:
                 list(iter_predictions([user], predictor))  # warm-up; embeds the 11 images
 
                 def once():
-                    if predictor.is_set:  # a fresh cache each time: the images are new to it
-                        predictor.store = EmbeddingStore(Path(tmp) / f"e{time.perf_counter_ns()}.sqlite")
+                    reader = predictor.reader
+                    embeds = hasattr(reader, "store")
+                    if embeds:  # a fresh cache each time: the images are new to it
+                        reader.store = EmbeddingStore(Path(tmp) / f"e{time.perf_counter_ns()}.sqlite")
                     list(iter_predictions([user], predictor))
-                    if predictor.is_set:
-                        predictor.store.close()
+                    if embeds:
+                        reader.store.close()
 
                 times = timed(once, 3 if quick else 10)
             out.append(figure("latency", f"{name}: one user of 11 JPEGs, model loaded",

@@ -59,7 +59,8 @@ def run(quick: bool = False) -> list[dict]:
     import tensorflow as tf
 
     from profiler.config import resolve
-    from profiler.training import EpochData, build_model, compile_model, set_determinism
+    from profiler.families import VOLUMES
+    from profiler.training import EpochData, compile_model, set_determinism
 
     n_users, epochs = (32, 2) if quick else (96, 3)
     out = []
@@ -69,8 +70,8 @@ def run(quick: bool = False) -> list[dict]:
         for name in ("model1", "model2"):
             config = resolve("default", overrides={"model": name, "size": size, "epochs": epochs})
             set_determinism(0)
-            data = EpochData(cache, positions, config, train=True)
-            model = build_model(config, cache, positions)
+            data = EpochData(VOLUMES, cache, positions, config, train=True)
+            model = VOLUMES.build(config, cache, positions)
             compile_model(model, config, len(data))
             piped = _epoch_times(model, data.dataset(), epochs)
             start = time.perf_counter()
@@ -80,7 +81,7 @@ def run(quick: bool = False) -> list[dict]:
             y = {t: np.concatenate([b[1][t] for b in batches]) for t in batches[0][1]}
             w = {t: np.concatenate([b[2][t] for b in batches]) for t in batches[0][2]}
             memory = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(config.batch_size).cache()
-            model = build_model(config, cache, positions)
+            model = VOLUMES.build(config, cache, positions)
             compile_model(model, config, len(data))
             in_memory = _epoch_times(model, memory.prefetch(tf.data.AUTOTUNE), epochs)
             out.append(figure("train", f"{name} {size} px: seconds per epoch of {n_users} users",

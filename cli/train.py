@@ -20,44 +20,6 @@ def parse_sets(values: tuple[str, ...]) -> dict:
     return out
 
 
-def open_or_prepare(source: Path, cache_dir: Path, *, size: int, fit: str, max_images: int,
-                    workers: int | None, allow_missing: bool, progress: bool):
-    """A cache: ``source`` itself if it is one, else ``source`` prepared into ``cache_dir``."""
-    from data_prep.cache import Cache, PrepareConfig, prepare
-
-    if (source / "meta.json").is_file():
-        return Cache.open(source)
-    from data_prep.dataset import find_truth
-    from core.errors import DataError
-
-    if find_truth(source) is None:
-        raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
-    config = PrepareConfig(height=size, width=size, fit=fit, max_images=max_images)
-    cache = prepare(source, cache_dir, config=config, workers=workers,
-                    missing="warn" if allow_missing else "error", progress=progress)
-    click.echo(cache.summary(), err=True)
-    return cache
-
-
-def embed_dataset(source: Path, config, *, store_path: Path | None, allow_missing: bool, progress: bool):
-    """The dataset at ``source`` as image embeddings (through the embedding cache)."""
-    from data_prep.dataset import find_truth, load_dataset
-    from core.errors import DataError
-    from profiler.embeddings import EmbeddedData, EmbeddingStore
-
-    if (source / "meta.json").is_file():
-        raise DataError(f"{source}: a prepared image cache; the set model embeds the original "
-                        "images, so give it the dataset folder")
-    if find_truth(source) is None:
-        raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
-    dataset = load_dataset(source, missing="warn" if allow_missing else "error")
-    with EmbeddingStore(store_path) as store:
-        data = EmbeddedData.for_training(dataset, config, store, progress=progress)
-        click.echo(f"{data.summary()}; embedding cache {store.path}: {store.hits} hits, "
-                   f"{store.misses} images embedded", err=True)
-    return data
-
-
 MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
                  "both": ["model1", "model2"], "all": ["set", "model1", "model2"]}
 
@@ -109,6 +71,7 @@ def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed,
         profiler train data/sample/train --model all --out runs/demo --epochs 20
     """
     from profiler.config import resolve
+    from profiler.families import family_of
     from profiler.training import train as run_training
 
     overrides = parse_sets(sets)
@@ -117,20 +80,17 @@ def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed,
             overrides[key] = value
     models = MODEL_CHOICES[model]
     configs = {m: resolve(preset, file=config_file, overrides={**overrides, "model": m}) for m in models}
-    inputs = {}
-    if "set" in configs:
-        inputs["set"] = embed_dataset(data, configs["set"], store_path=store_path,
-                                      allow_missing=allow_missing, progress=not quiet)
-    cnn = [m for m in models if m != "set"]
-    if cnn:
-        first = configs[cnn[0]]
-        cache = open_or_prepare(data, cache_dir or out / "cache", size=first.size, fit=first.fit,
-                                max_images=first.max_images, workers=workers,
-                                allow_missing=allow_missing, progress=not quiet)
-        inputs.update({m: cache for m in cnn})
+    made = {}  # one training data per family: the 3D CNNs share a prepared cache
     for name, config in configs.items():
+        family = family_of(name)
+        if family.name not in made:
+            made[family.name] = family.training_data(
+                data, config, cache_dir=cache_dir or out / "cache", store=store_path, workers=workers,
+                allow_missing=allow_missing, progress=not quiet)
+            click.echo(made[family.name].summary(), err=True)
+        inputs = made[family.name]
         run_dir = out / name if len(models) > 1 else out
-        click.echo(f"training {name} ({config.preset} preset) on {len(inputs[name])} users -> {run_dir}",
+        click.echo(f"training {name} ({config.preset} preset) on {len(inputs)} users -> {run_dir}",
                    err=True)
-        summary = run_training(inputs[name], run_dir, config, resume=resume, progress=not quiet)
+        summary = run_training(inputs, run_dir, config, resume=resume, progress=not quiet)
         click.echo(json.dumps({"run": str(run_dir), **summary}))

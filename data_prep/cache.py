@@ -76,6 +76,11 @@ class DecodedUser:
     used: list[str]
     skipped: list[tuple[str, str]]  # (file, reason)
 
+    @property
+    def count(self) -> int:
+        """How many usable images the user has."""
+        return len(self.images)
+
 
 def candidate_order(n_files: int, max_images: int) -> list[int]:
     """Order in which to try a user's files: an even spread of ``max_images`` first."""

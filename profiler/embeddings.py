@@ -19,12 +19,13 @@ import os
 import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.cache import DEFAULT_MAX_IMAGES, DecodedUser, candidate_order
+from data_prep.cache import DEFAULT_MAX_IMAGES, candidate_order
 from data_prep.dataset import Dataset, User
 from core.errors import DataError, ImageError, listing
 from data_prep.images import open_rgb
@@ -146,9 +147,24 @@ def compute_embeddings(encoder, paths: list[Path], *, progress: bool = False,
     return out
 
 
+@dataclass
+class EmbeddedUser:
+    """What embedding one user's files gave: the embeddings, the files used, the files skipped."""
+
+    user_id: str
+    vectors: np.ndarray  # (k, dim) float32, k may be 0
+    used: list[str]
+    skipped: list[tuple[str, str]]  # (file, reason)
+
+    @property
+    def count(self) -> int:
+        """How many usable images the user has."""
+        return len(self.vectors)
+
+
 def embed_users(users: list[User], encoder, store: EmbeddingStore, *,
-                max_images: int = DEFAULT_MAX_IMAGES, progress: bool = False) -> list[DecodedUser]:
-    """Each user's embeddings (as ``DecodedUser.images``, shape (k, dim)), through ``store``.
+                max_images: int = DEFAULT_MAX_IMAGES, progress: bool = False) -> list[EmbeddedUser]:
+    """Each user's embeddings (``EmbeddedUser.vectors``, shape (k, dim)), through ``store``.
 
     Up to ``max_images`` usable images per user, tried in ``candidate_order``; unusable
     files are listed in ``skipped``. Only images the store does not know are decoded
@@ -193,7 +209,7 @@ def embed_users(users: list[User], encoder, store: EmbeddingStore, *,
             else:
                 vectors[i].append(value)
                 used[i].append(path.name)
-    return [DecodedUser(u.user_id, np.stack(v) if v else np.zeros((0, encoder.dim), np.float32),
+    return [EmbeddedUser(u.user_id, np.stack(v) if v else np.zeros((0, encoder.dim), np.float32),
                         used[i], skipped[i])
             for i, (u, v) in enumerate(zip(users, vectors))]
 
@@ -219,26 +235,33 @@ class EmbeddedData:
         self.skipped = skipped
         #: the file name of each row of ``vectors`` (inside its user's folder), where known
         self.files = files
+        #: how the embeddings were obtained (the cache's hits and misses), when built here
+        self.note = ""
 
     @classmethod
     def build(cls, dataset: Dataset, encoder, store: EmbeddingStore, *,
               max_images: int = DEFAULT_MAX_IMAGES, progress: bool = False) -> "EmbeddedData":
+        hits, misses = store.hits, store.misses
         embedded = embed_users(dataset.users, encoder, store, max_images=max_images, progress=progress)
-        empty = [e.user_id for e in embedded if not len(e.images)]
+        note = (f"embedding cache {store.path}: {store.hits - hits} hits, "
+                f"{store.misses - misses} images embedded")
+        empty = [e.user_id for e in embedded if not e.count]
         if empty:
             log.warning("%s: %d user(s) have no usable image and are left out: %s",
                         dataset.root, len(empty), listing(empty))
-        keep = [k for k, e in enumerate(embedded) if len(e.images)]
+        keep = [k for k, e in enumerate(embedded) if e.count]
         labels = None
         if dataset.has_truth:
             labels = {t: np.array([LABELS[t].index(dataset.users[k].labels[t]) for k in keep], np.int64)
                       for t in TRAITS}
-        vectors = (np.concatenate([embedded[k].images for k in keep]) if keep
+        vectors = (np.concatenate([embedded[k].vectors for k in keep]) if keep
                    else np.zeros((0, encoder.dim), np.float32))
-        return cls(dataset.root, encoder.identity, encoder.dim, [embedded[k].user_id for k in keep],
-                   vectors, np.array([len(embedded[k].images) for k in keep]), labels,
+        data = cls(dataset.root, encoder.identity, encoder.dim, [embedded[k].user_id for k in keep],
+                   vectors, np.array([embedded[k].count for k in keep]), labels,
                    skipped=sum(len(e.skipped) for e in embedded),
                    files=[name for k in keep for name in embedded[k].used])
+        data.note = note
+        return data
 
     @classmethod
     def for_training(cls, dataset: Dataset, config, store: EmbeddingStore, *, encoder=None,
@@ -285,4 +308,4 @@ class EmbeddedData:
 
     def summary(self) -> str:
         return (f"{self.root}: {len(self)} users, {len(self.vectors)} image embeddings from "
-                f"{self.encoder} ({self.skipped} files skipped)")
+                f"{self.encoder} ({self.skipped} files skipped)" + (f"; {self.note}" if self.note else ""))

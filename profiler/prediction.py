@@ -7,14 +7,14 @@ inside a distributed engine's batch function (Spark's ``mapInPandas``, say).
 users in a background thread while the model works on the current one, and never
 holds more than two batches of images, so memory stays flat for any number of users.
 
-For the set model, each user's images are embedded through the embedding cache (only
-images it has not seen are decoded and run through the encoder) and up to ``cap`` of
-them form the user's set, with no filling. For the 3D CNNs, a user's volume is built
-as in training: fewer than ``p`` images are repeated cyclically (the row says how many
-were real and flags it), more than ``p`` give an even spread. With ``tta=K`` the
-probabilities are averaged over K random choices and orders of the user's images
-(seeded per user, so results do not depend on the batch). A user with no usable image
-gets an error entry and the run goes on.
+The model's family (``profiler.families``) supplies a ``Reader`` that turns a batch of
+user folders into model inputs exactly as training did: for the set model, each user's
+images embedded through the embedding cache (only images it has not seen are decoded
+and run through the encoder), up to ``cap`` of them as a set, with no filling; for the
+3D CNNs, a volume of ``p`` decoded images (fewer are repeated cyclically and the row
+flags it as "filled"). With ``tta=K`` the probabilities are averaged over K random
+choices of the user's images (seeded per user, so results do not depend on the batch).
+A user with no usable image gets an error entry and the run goes on.
 
 The model always runs on chunks of exactly ``COMPUTE_BATCH`` volumes (the last padded),
 so a user's probabilities are the same whatever batch size the caller chose.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,28 +32,27 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_prep.cache import DecodedUser, PrepareConfig, decode_users, decoding_pool
-from data_prep.dataset import User, discover_users
-from core.errors import ModelFileError
 from core.labels import TRAITS
-from data_prep.volumes import select_indices
+from data_prep.cache import decoding_pool
+from data_prep.dataset import User, discover_users
 from profiler.batching import padded_chunks
+from profiler.families import Reader
 
 COMPUTE_BATCH = 16
-TTA_MAX_IMAGES = 32
 
 
 @dataclass
 class Predictor:
-    """A loaded model and what it needs to know about its inputs.
+    """A loaded model, what it needs to know about its inputs, and its family's ``Reader``.
 
-    For the set model, also its image encoder and the embedding cache it reads through.
+    The reader turns user folders into model inputs (decoded volumes for the 3D CNNs,
+    embedding sets through the embedding cache for the set model); the predictor runs
+    the model on them. It holds no family branch.
     """
 
     model: object
     info: dict
-    encoder: object = None
-    store: object = None
+    reader: Reader
 
     @classmethod
     def load(cls, model, *, encoder=None, store=None) -> "Predictor":
@@ -64,86 +62,32 @@ class Predictor:
         must have the same identity) and ``store`` (an ``EmbeddingStore``, or a path;
         the default cache otherwise).
         """
+        from profiler.families import family_of
         from profiler.models.io import load_model, model_info
 
         name = model if isinstance(model, (str, Path)) else getattr(model, "name", "model")
         if isinstance(model, (str, Path)):
             model = load_model(model)
         info = model_info(model)
-        if info["variant"] != "set":
-            return cls(model, info)
-        from profiler.embeddings import EmbeddingStore
-        from profiler.encoders import get_encoder
+        family = family_of(info["variant"])
+        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store))
 
-        needed = info["encoder"]
-        encoder = encoder or get_encoder(needed)
-        if encoder.identity != needed:
-            raise ModelFileError(f"{name}: this model was trained on embeddings from encoder {needed}, "
-                            f"but the encoder given is {encoder.identity}; embeddings from another "
-                            "encoder (or other weights) mean nothing to it")
-        if not isinstance(store, EmbeddingStore):
-            store = EmbeddingStore(store)
-        return cls(model, info, encoder, store)
-
-    @property
-    def is_set(self) -> bool:
-        return self.info["variant"] == "set"
-
-    @property
-    def p(self) -> int:
-        return int(self.info["p"])
-
-    def decode_config(self, tta: int) -> PrepareConfig:
-        return PrepareConfig(height=int(self.info["height"]), width=int(self.info["width"]),
-                             fit=self.info.get("fit") or "pad",
-                             max_images=self.p if tta <= 1 else max(self.p, TTA_MAX_IMAGES))
-
-    def probabilities(self, volumes: np.ndarray) -> dict[str, np.ndarray]:
-        """Class probabilities per trait for a stack of volumes, in fixed-size chunks."""
+    def probabilities(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Class probabilities per trait for a stack of model inputs, in fixed-size chunks."""
         out = {t: [] for t in TRAITS}
-        for chunk, n_real in padded_chunks(volumes, COMPUTE_BATCH):
-            result = self._forward(chunk)
+        for chunk, n_real in padded_chunks(inputs, COMPUTE_BATCH):
+            result = self.model.predict_on_batch(chunk)  # compiled: 1.1-5.5x an eager call
             for t in TRAITS:
                 out[t].append(np.asarray(result[t])[:n_real])
         return {t: np.concatenate(v) if v else np.zeros((0, len(self.info["labels"][t])))
                 for t, v in out.items()}
 
-    def _forward(self, chunk: np.ndarray) -> dict:
-        return self.model.predict_on_batch(chunk)  # compiled: 1.1-5.5x an eager call
 
-    def featurize(self, users: list[User], tta: int, workers: int = 1, pool=None) -> list[DecodedUser]:
-        """The users' images decoded for a 3D CNN, or embedded (through the cache) for the set model."""
-        if self.is_set:
-            from profiler.embeddings import embed_users
-
-            cap = self.p if tta <= 1 else max(self.p, TTA_MAX_IMAGES)
-            return embed_users(users, self.encoder, self.store, max_images=cap)
-        return list(decode_users(users, self.decode_config(tta), workers=workers, pool=pool))
-
-
-def _user_volumes(decoded: DecodedUser, p: int, tta: int, seed: int, is_set: bool = False) -> np.ndarray:
-    """A user's model inputs: one (or ``tta``) volumes, or packed embedding sets."""
-    n = len(decoded.images)
-    if is_set:
-        from profiler.models.set_head import pack_set
-
-        if tta <= 1 or n <= p:  # the set model is order-invariant: only subsets can differ
-            return pack_set(decoded.images, p)[None]
-        rng = np.random.default_rng([seed, zlib.crc32(decoded.user_id.encode())])
-        return np.stack([pack_set(decoded.images, p, np.sort(rng.choice(n, p, replace=False)))
-                         for _ in range(tta)])
-    if tta <= 1:
-        return decoded.images[select_indices(n, p)][None]
-    rng = np.random.default_rng([seed, zlib.crc32(decoded.user_id.encode())])
-    return np.stack([decoded.images[select_indices(n, p, rng=rng)] for _ in range(tta)])
-
-
-def _rows(users: list[User], decoded: list[DecodedUser], predictor: Predictor, tta: int,
-          seed: int) -> list[dict]:
-    p = predictor.p
+def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, seed: int) -> list[dict]:
+    reader = predictor.reader
     labels = predictor.info["labels"]
-    ok = [i for i, d in enumerate(decoded) if len(d.images)]
-    stacks = [_user_volumes(decoded[i], p, tta, seed, predictor.is_set) for i in ok]
+    ok = [i for i, f in enumerate(featurized) if f.count]
+    stacks = [reader.inputs(featurized[i], tta, seed) for i in ok]
     probs = predictor.probabilities(np.concatenate(stacks)) if stacks else {}
     per_user = {}
     start = 0
@@ -151,12 +95,11 @@ def _rows(users: list[User], decoded: list[DecodedUser], predictor: Predictor, t
         per_user[i] = {t: probs[t][start:start + len(stack)].mean(axis=0) for t in TRAITS}
         start += len(stack)
     rows = []
-    for i, (user, dec) in enumerate(zip(users, decoded)):
-        n_real = min(len(dec.images), p)
+    for i, (user, got) in enumerate(zip(users, featurized)):
         row = {"user_id": user.user_id, "path": str(user.files[0].parent) if user.files else "",
-               "files": len(user.files), "images_used": n_real,
-               "filled": bool(0 < len(dec.images) < p) and not predictor.is_set, "error": None,
-               "skipped": [{"file": f, "reason": r} for f, r in dec.skipped]}
+               "files": len(user.files), "images_used": min(got.count, reader.max_images),
+               "filled": reader.fills and 0 < got.count < reader.max_images, "error": None,
+               "skipped": [{"file": f, "reason": r} for f, r in got.skipped]}
         if i in per_user:
             for t in TRAITS:
                 vector = per_user[i][t]
@@ -178,11 +121,11 @@ def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int
     bar = tqdm(total=len(users), unit="user", desc="profiling", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
 
-    pool = (decoding_pool(workers) if workers > 1 and len(users) > batch_size and not predictor.is_set
-            else None)
+    reader = predictor.reader
+    pool = decoding_pool(workers) if reader.processes and workers > 1 and len(users) > batch_size else None
 
     def decode(batch):
-        return predictor.featurize(batch, tta, workers=workers, pool=pool)
+        return reader.featurize(batch, tta, workers=workers, pool=pool)
 
     with ThreadPoolExecutor(max_workers=1) as background, (pool or contextlib.nullcontext()):
         pending = background.submit(decode, batches[0]) if batches else None

@@ -1,8 +1,8 @@
-"""Training a profiler model on a prepared cache: one code path for every model.
+"""Training a profiler model: one code path for every model family.
 
-- **Data**: a ``tf.data`` pipeline over the memory-mapped cache (the 3D CNNs) or the
-  users' image embeddings (``EmbeddedData``, the set model), batched and prefetched so
-  the model does not wait. Each epoch's order, image choice and flips come from a
+- **Data**: a ``tf.data`` pipeline over the family's training data (the memory-mapped
+  image cache of the 3D CNNs, the image embeddings of the set model), whose batches the
+  family builds (``profiler.families``), prefetched so the model does not wait. Each epoch's order, image choice and flips come from a
   random stream seeded by ``(seed, epoch)`` alone, so an epoch is the same whether the
   run was interrupted or not.
 - **Loss**: categorical cross-entropy summed over the three heads (the paper's Eq. 1),
@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.cache import Cache
 from core.errors import DataError, RunStateError
 from core.io import atomic_write_text
 from core.labels import LABELS, TRAITS
@@ -45,16 +44,16 @@ BACKUP_DIR = "backup"
 # --- data ------------------------------------------------------------------------------
 
 
-def split_indices(cache: Cache, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(data, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation user positions, stratified by occupation where possible."""
     from sklearn.model_selection import train_test_split
 
-    positions = np.arange(len(cache))
-    if len(cache) < 4:
-        raise DataError(f"{cache.root}: {len(cache)} users are too few to train (need at least 4)")
-    strata = cache.labels("occupation")
+    positions = np.arange(len(data))
+    if len(data) < 4:
+        raise DataError(f"{data.root}: {len(data)} users are too few to train (need at least 4)")
+    strata = data.labels("occupation")
     counts = np.bincount(strata)
-    n_val = max(1, int(round(len(cache) * val_share)))
+    n_val = max(1, int(round(len(data) * val_share)))
     stratify = strata if counts[counts > 0].min() >= 2 and n_val >= len(np.unique(strata)) else None
     train, val = train_test_split(positions, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(val)
@@ -70,17 +69,21 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class EpochData:
-    """Batches of one epoch, drawn from the cache by a stream seeded by (seed, epoch)."""
+    """Batches of one epoch, drawn by a stream seeded by (seed, epoch) alone.
 
-    def __init__(self, cache: Cache, positions: np.ndarray, config: TrainConfig, *, train: bool):
-        self.cache = cache
+    ``data`` is the family's training data; the family builds each batch's inputs.
+    """
+
+    def __init__(self, family, data, positions: np.ndarray, config: TrainConfig, *, train: bool):
+        self.family = family
+        self.data = data
         self.positions = positions
         self.config = config
         self.train = train
         self.start_epoch = 0
         self.calls = 0
-        self.labels = {t: cache.labels(t) for t in TRAITS}
-        self.weights = {t: np.ones(len(cache), np.float32) for t in TRAITS}
+        self.labels = {t: data.labels(t) for t in TRAITS}
+        self.weights = {t: np.ones(len(data), np.float32) for t in TRAITS}
         if config.class_weight == "balanced":
             for t in TRAITS:
                 per_class = class_weights(self.labels[t][positions], len(LABELS[t]))
@@ -89,34 +92,12 @@ class EpochData:
     def __len__(self) -> int:
         return math.ceil(len(self.positions) / self.config.batch_size)
 
-    def volumes(self, chosen: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """The model inputs of users ``chosen``: volumes, or packed embedding sets."""
-        sample = rng if (self.train and self.config.sample_images) else None
-        if is_embedded(self.cache):
-            return np.stack([self._set(int(i), sample) for i in chosen])
-        p = self.config.p
-        batch = np.stack([self.cache.volume(int(i), p, rng=sample) for i in chosen])
-        if self.train and self.config.flip:
-            flips = rng.random(batch.shape[:2]) < 0.5
-            batch[flips] = batch[flips][:, :, ::-1]
-        return batch
-
-    def _set(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
-        from profiler.models.set_head import pack_set
-
-        vectors = self.cache.user_images(i)
-        cap = self.config.cap
-        chosen = None
-        if len(vectors) > cap and rng is not None:
-            chosen = np.sort(rng.choice(len(vectors), cap, replace=False))
-        return pack_set(vectors, cap, chosen)
-
     def restart(self, epoch: int) -> None:
         """The next call of ``batches`` draws epoch ``epoch`` (0-based)."""
         self.start_epoch, self.calls = epoch, 0
 
     def batches(self):
-        """Yield ``(volumes, labels, sample_weights)`` of the next epoch.
+        """Yield ``(inputs, labels, sample_weights)`` of the next epoch.
 
         Each call is one epoch, in order: Keras creates the next epoch's iterator (and
         tf.data starts prefetching it) before the epoch's callbacks run, so the epoch
@@ -129,7 +110,7 @@ class EpochData:
         size = self.config.batch_size
         for start in range(0, len(order), size):
             chosen = order[start:start + size]
-            x = self.volumes(chosen, rng)
+            x = self.family.batch(self.data, chosen, self.config, rng)
             y = {t: self.labels[t][chosen] for t in TRAITS}
             w = {t: self.weights[t][chosen] for t in TRAITS}
             yield x, y, w
@@ -138,14 +119,8 @@ class EpochData:
         """The batches as a prefetched ``tf.data.Dataset`` (re-drawn on each iteration)."""
         import tensorflow as tf
 
-        c = self.config
-        if is_embedded(self.cache):
-            x_spec = tf.TensorSpec((None, c.cap, self.cache.dim + 1), tf.float32)
-        else:
-            h, w = self.cache.image_size
-            x_spec = tf.TensorSpec((None, c.p, h, w, 3), tf.uint8)
         signature = (
-            x_spec,
+            self.family.input_spec(self.data, self.config),
             {t: tf.TensorSpec((None,), tf.int64) for t in TRAITS},
             {t: tf.TensorSpec((None,), tf.float32) for t in TRAITS},
         )
@@ -155,64 +130,6 @@ class EpochData:
 
 
 # --- model and optimiser ---------------------------------------------------------------
-
-
-def is_embedded(data) -> bool:
-    """Whether ``data`` holds image embeddings (the set model's input) rather than images."""
-    from profiler.embeddings import EmbeddedData
-
-    return isinstance(data, EmbeddedData)
-
-
-def build_model(config: TrainConfig, data, positions: np.ndarray | None = None):
-    """The model named by ``config.model`` for ``data`` (a cache, or embeddings for "set").
-
-    The set model's standardisation uses the embeddings of the users at ``positions``
-    (the training users).
-    """
-    if config.model == "set":
-        from profiler.models.set_head import SetProfiler
-
-        positions = np.arange(len(data)) if positions is None else positions
-        rows = np.concatenate([data.user_images(int(i)) for i in positions])
-        neighbours = None
-        if config.set_pooling == "neighbours":
-            neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
-                          "k": config.neighbours, "temperature": config.neighbour_temperature}
-        model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
-                            dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
-                            mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours)
-        if neighbours:
-            fill_bank(model, data, positions, rows, config.seed)
-        return model
-    from profiler.models import Cnn3dProfiler
-
-    h, w = data.image_size
-    return Cnn3dProfiler(config.model, p=config.p, height=h, width=w,
-                         filters=tuple(config.filters) if config.filters else None,
-                         dense=tuple(config.dense), dropout=config.dropout,
-                         batch_norm=config.batch_norm, pooling=config.pooling, image_fit=config.fit)
-
-
-def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -> None:
-    """Put the training images (``rows``, of the users at ``positions``) in the model's bank.
-
-    Standardised as the model does, projected on their principal axes, labelled with
-    their users' labels; the prior is each class's share of those users (add-one smoothed).
-    """
-    from sklearn.decomposition import PCA
-
-    layer = model.get_layer("neighbours")
-    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
-    pca = PCA(layer.dims, svd_solver="randomized", random_state=seed).fit(standard)
-    owner = np.repeat(positions, data.counts[positions])
-    onehots, priors = [], []
-    for t in TRAITS:
-        k = len(LABELS[t])
-        users = data.labels(t)[positions]
-        onehots.append(np.eye(k, dtype=np.float32)[data.labels(t)[owner]])
-        priors.append((np.bincount(users, minlength=k) + 1.0) / (len(users) + k))
-    layer.set_bank(pca.components_.T, standard, np.concatenate(onehots, axis=1), np.concatenate(priors))
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -380,47 +297,44 @@ def set_determinism(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def train(cache, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
+def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
           progress: bool = True, callbacks=()) -> dict:
-    """Train one model on ``cache`` into ``run_dir``; return the summary.
+    """Train one model on ``data`` into ``run_dir``; return the summary.
 
-    ``cache`` is a prepared ``Cache`` for Model 1 and 2, an ``EmbeddedData`` for the set model.
+    ``data`` is the training data of the model's family (``profiler.families``): a
+    prepared ``Cache`` for Model 1 and 2, an ``EmbeddedData`` for the set model; the
+    family's ``training_data`` makes it from a dataset folder.
 
     ``callbacks`` are extra Keras callbacks, run after the trainer's own (a test's
     interruption, a progress hook).
     """
     from profiler.backend import import_keras
+    from profiler.families import family_of
 
     keras = import_keras()
 
+    family = family_of(config.model)
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
     if state_path.is_file() and not resume:
         raise RunStateError(f"{run_dir}: a training run is already here; use --resume to continue "
-                        "it, or another --out")
+                            "it, or another run directory")
     if resume and state_path.is_file() and json.loads(state_path.read_text()).get("done"):
         raise RunStateError(f"{run_dir}: this run has already finished")
-    if not cache.has_truth:
-        raise DataError(f"{cache.root}: training needs a dataset with a truth file")
-    if (config.model == "set") != is_embedded(cache):
-        raise DataError(f"{cache.root}: the {config.model} model needs "
-                        + ("image embeddings (EmbeddedData)" if config.model == "set" else "a prepared image cache"))
-    if not is_embedded(cache) and ((config.size, config.size) != cache.image_size
-                                   or config.fit != cache.meta["config"]["fit"]):
-        # the cache decides the images; record what was really used
-        import dataclasses
-
-        config = dataclasses.replace(config, size=cache.image_size[0], fit=cache.meta["config"]["fit"])
+    if not data.has_truth:
+        raise DataError(f"{data.root}: training needs a dataset with a truth file")
+    if not family.accepts(data):
+        raise DataError(f"{data.root}: the {config.model} model ({family.name}) cannot train on "
+                        f"{type(data).__name__}; make its data with its family's training_data")
+    config = family.fit_config(config, data)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
     set_determinism(config.seed)
-    train_pos, val_pos = split_indices(cache, config.val_share, config.seed)
-    model = build_model(config, cache, train_pos)
-    # a model whose first stage never learns: that stage runs once per image, the rest is fitted
-    fixed = model.fixed_stage() if hasattr(model, "fixed_stage") else None
-    fitted, data = (model, cache) if fixed is None else (fixed[1], cache.mapped(fixed[0], train_pos))
-    train_data = EpochData(data, train_pos, config, train=True)
-    val_data = EpochData(data, val_pos, config, train=False)
+    train_pos, val_pos = split_indices(data, config.val_share, config.seed)
+    model = family.build(config, data, train_pos)
+    fitted, fitted_data = family.split(model, data, train_pos)
+    train_data = EpochData(family, fitted_data, train_pos, config, train=True)
+    val_data = EpochData(family, fitted_data, val_pos, config, train=False)
     compile_model(fitted, config, len(train_data))
     validation = make_validation_callback(val_data, run_dir, config, resume, progress, saved=model)
     # Order matters: validation saves its state before the backup of the same epoch, so a

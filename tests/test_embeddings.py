@@ -32,9 +32,9 @@ def test_second_run_embeds_nothing_and_shared_images_count_once(tmp_path):
         second = embed_users(users, encoder, store)
         assert TinyEncoder.calls == before and (store.hits, store.misses) == (5, 0)
     for x, y in zip(first, second):
-        assert np.array_equal(x.images, y.images) and x.used == y.used
-    assert [len(u.images) for u in first] == [3, 5]
-    assert np.array_equal(first[0].images, first[1].images[:3])
+        assert np.array_equal(x.vectors, y.vectors) and x.used == y.used
+    assert [len(u.vectors) for u in first] == [3, 5]
+    assert np.array_equal(first[0].vectors, first[1].vectors[:3])
 
 
 def test_bad_files_are_skipped_and_remembered(tmp_path):
@@ -46,7 +46,7 @@ def test_bad_files_are_skipped_and_remembered(tmp_path):
     user = User("u", tuple(sorted(folder.iterdir())))
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         [out] = embed_users([user], TinyEncoder(), store)
-        assert out.images.shape == (1, 8) and out.used == ["a.png"]
+        assert out.vectors.shape == (1, 8) and out.used == ["a.png"]
         reasons = dict(out.skipped)
         assert reasons[str(folder / "c.png")] == "empty file (0 bytes)"
         assert reasons[str(folder / "b.jpg")].startswith("corrupt image: truncated file")
@@ -64,7 +64,7 @@ def test_max_images_takes_an_even_spread_then_replaces_bad_ones(tmp_path):
     user = User("u", tuple(sorted(folder.iterdir(), key=lambda p: p.name)))
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         [out] = embed_users([user], TinyEncoder(), store, max_images=4)
-    assert len(out.images) == 4 and "0.png" not in out.used and len(out.skipped) == 1
+    assert len(out.vectors) == 4 and "0.png" not in out.used and len(out.skipped) == 1
 
 
 def test_embedded_data_for_training(tmp_path):
@@ -109,4 +109,4 @@ def test_an_interrupted_run_keeps_the_chunks_it_finished(tmp_path, monkeypatch):
         assert store.count("tiny@test") == 4
         before = TinyEncoder.calls
         again = embed_users(users, TinyEncoder(), store)
-        assert TinyEncoder.calls - before == 3 and len(again[0].images) == 7
+        assert TinyEncoder.calls - before == 3 and len(again[0].vectors) == 7

@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from cli.main import main
 from core.errors import DataError, ModelFileError
-from profiler.models.set_head import SetProfiler, pack_set
+from profiler.families.sets import pack_set
+from profiler.models.set_head import SetProfiler
 from tests.helpers import interrupt_after, make_dataset
 
 
@@ -82,7 +83,7 @@ def test_save_load_identical(tmp_path, pooling):
     for t, v in model(x, training=False).items():
         assert np.array_equal(np.asarray(v), np.asarray(loaded(x, training=False)[t]))
     info = model_info(loaded)
-    assert (info["variant"], info["cap"], info["p"], info["encoder"], info["dim"]) == ("set", 6, 6, "tiny@test", 8)
+    assert (info["variant"], info["cap"], info["p"], info["encoder"], info["dim"]) == ("set", 6, None, "tiny@test", 8)
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,16 @@ def load_model(path: str | Path, *, compile: bool = False):
 
 
 def model_info(model) -> dict:
-    """What a saved model needs at prediction time: input shape, labels, version."""
+    """What a saved model needs at prediction time: its variant, input shape, labels, version.
+
+    A 3D CNN's has ``p``, ``height``, ``width`` and ``fit``; a set model's ``cap``,
+    ``encoder``, ``dim`` and ``pooling`` (and ``p``, ``height``, ``width`` None).
+    """
     config = model.get_config()
     info = {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
             "width": config.get("width"), "fit": config.get("image_fit", "pad"), "labels": config.get("labels"),
             "profiler_version": config.get("profiler_version")}
     if info["variant"] == "set":
-        info.update(p=config["cap"], cap=config["cap"], encoder=config["encoder"], dim=config["dim"],
+        info.update(cap=config["cap"], encoder=config["encoder"], dim=config["dim"],
                     pooling=config["pooling"])
     return info

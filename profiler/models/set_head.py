@@ -297,16 +297,3 @@ class SetProfiler(keras.Model):
         for key in ("hidden", "dense"):
             config[key] = tuple(config[key])
         return cls(**config)
-
-
-def pack_set(vectors: np.ndarray, cap: int, indices: np.ndarray | None = None) -> np.ndarray:
-    """One user's (k, dim) embeddings as the model's (cap, dim + 1) input.
-
-    ``indices`` chooses which (at most ``cap``) rows to use; by default the first ``cap``.
-    """
-    if indices is None:
-        indices = np.arange(min(len(vectors), cap))
-    out = np.zeros((cap, vectors.shape[1] + 1), np.float32)
-    out[:len(indices), :-1] = vectors[indices]
-    out[:len(indices), -1] = 1.0
-    return out

@@ -1,0 +1,98 @@
+"""The interface every model family implements, and what prediction asks of it.
+
+A *family* is one way of turning a user's image files into a model's input: the paper's
+3D CNNs read a volume of decoded images (``volumes``), the set model reads the set of
+the images' embeddings from a frozen encoder (``sets``). The trainer, the predictor,
+``evaluate`` and the benchmarks call only these methods, so adding a family (an adapted
+encoder, a multimodal reader) is one new module registered in ``profiler.families``.
+
+Training data (a prepared ``Cache``, an ``EmbeddedData``) offers ``len``,
+``labels(trait)``, ``has_truth`` and ``root``; the rest is the family's business.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+
+class Reader(ABC):
+    """A trained model's view of users at prediction time: files in, model inputs out.
+
+    ``max_images`` is the most images one model input holds; ``fills`` says whether a
+    user with fewer is filled up to it (the result row flags such users); ``processes``
+    says whether featurizing uses decoding processes (a pool the predictor may share).
+    """
+
+    max_images: int
+    fills: bool = False
+    processes: bool = False
+
+    @abstractmethod
+    def featurize(self, users: list, tta: int, *, workers: int = 1, pool=None) -> list:
+        """Each user's usable images, read as the model needs them (decoded or embedded).
+
+        Each item has ``user_id``, ``count`` (usable images), ``used`` and ``skipped``.
+        """
+
+    @abstractmethod
+    def inputs(self, user, tta: int, seed: int) -> np.ndarray:
+        """One user's model inputs: one, or ``tta`` random choices of their images."""
+
+    def close(self) -> None:
+        """Release what the reader holds open (a cache file)."""
+
+
+class Family(ABC):
+    """One model family: how it reads a dataset, draws batches, builds and reads models."""
+
+    #: the family's name
+    name: str
+    #: the ``TrainConfig.model`` values (and saved models' ``variant``) it serves
+    models: tuple[str, ...]
+
+    @abstractmethod
+    def training_data(self, source: Path, config, *, cache_dir: Path | None = None, store=None,
+                      workers: int | None = None, allow_missing: bool = False, progress: bool = True):
+        """The labelled dataset at ``source`` in the form this family trains on.
+
+        ``cache_dir`` is where images are prepared, ``store`` the embedding cache (a
+        path or an ``EmbeddingStore``); each family uses what it needs.
+        """
+
+    @abstractmethod
+    def accepts(self, data) -> bool:
+        """Whether ``data`` is training data of this family."""
+
+    def fit_config(self, config, data):
+        """``config`` with what ``data`` decided recorded in it (image size, say)."""
+        return config
+
+    @abstractmethod
+    def build(self, config, data=None, positions: np.ndarray | None = None):
+        """A new model for ``config``; ``data`` and the training ``positions`` where it needs them."""
+
+    def split(self, model, data, positions: np.ndarray):
+        """``(fitted, data)``: the model the optimiser fits and the data it reads.
+
+        By default the whole model on the data as given; a family whose model starts
+        with a stage training never changes computes that stage once here.
+        """
+        return model, data
+
+    @abstractmethod
+    def batch(self, data, chosen: np.ndarray, config, rng: np.random.Generator | None) -> np.ndarray:
+        """The model inputs of the users at ``chosen``; ``rng`` draws the augmentation
+        (None: the fixed, deterministic inputs used for validation)."""
+
+    @abstractmethod
+    def input_spec(self, data, config):
+        """The ``tf.TensorSpec`` of a batch of inputs."""
+
+    @abstractmethod
+    def reader(self, info: dict, *, name: str = "model", encoder=None, store=None) -> Reader:
+        """The ``Reader`` for a trained model described by ``info`` (``models.io.model_info``)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}: {', '.join(self.models)}>"

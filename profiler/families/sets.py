@@ -1,0 +1,169 @@
+"""The default family: a frozen pretrained encoder embeds each image once; a head reads
+a user's embeddings as a set of up to ``cap`` (masked, never filled).
+
+Training reads ``EmbeddedData`` (the dataset's embeddings through the embedding cache);
+prediction embeds the users' images through the same cache. A user's input is built by
+``user_sets`` in both: the first ``cap`` embeddings, or a random choice of ``cap`` of
+them (training, ``--tta``); the model is order-invariant, so only subsets differ.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import DataError, ModelFileError
+from core.labels import LABELS, TRAITS
+from profiler.families.base import Family, Reader
+
+#: images embedded per user for ``--tta`` (the random choices are drawn among these)
+TTA_MAX_IMAGES = 32
+
+
+def pack_set(vectors: np.ndarray, cap: int, indices: np.ndarray | None = None) -> np.ndarray:
+    """One user's (k, dim) embeddings as the model's (cap, dim + 1) input (the last column: the mask).
+
+    ``indices`` chooses which (at most ``cap``) rows to use; by default the first ``cap``.
+    """
+    if indices is None:
+        indices = np.arange(min(len(vectors), cap))
+    out = np.zeros((cap, vectors.shape[1] + 1), np.float32)
+    out[:len(indices), :-1] = vectors[indices]
+    out[:len(indices), -1] = 1.0
+    return out
+
+
+def user_sets(vectors: np.ndarray, cap: int, rng: np.random.Generator | None = None,
+              draws: int = 1) -> np.ndarray:
+    """``draws`` packed sets (draws, cap, dim + 1) of one user; random subsets if ``rng`` and
+    the user has more than ``cap`` images (otherwise every draw is the same set)."""
+    if rng is None or len(vectors) <= cap:
+        return np.repeat(pack_set(vectors, cap)[None], draws, axis=0)
+    return np.stack([pack_set(vectors, cap, np.sort(rng.choice(len(vectors), cap, replace=False)))
+                     for _ in range(draws)])
+
+
+class SetReader(Reader):
+    """Embeds each user's images through the embedding cache; packs their sets."""
+
+    def __init__(self, info: dict, encoder, store):
+        self.info, self.encoder, self.store = info, encoder, store
+        self.max_images = int(info["cap"])
+
+    def featurize(self, users, tta, *, workers=1, pool=None):
+        from profiler.embeddings import embed_users
+
+        most = self.max_images if tta <= 1 else max(self.max_images, TTA_MAX_IMAGES)
+        return embed_users(users, self.encoder, self.store, max_images=most)
+
+    def inputs(self, user, tta, seed):
+        if tta <= 1 or len(user.vectors) <= self.max_images:
+            return user_sets(user.vectors, self.max_images)
+        rng = np.random.default_rng([seed, zlib.crc32(user.user_id.encode())])
+        return user_sets(user.vectors, self.max_images, rng, draws=tta)
+
+    def close(self):
+        self.store.close()
+
+
+class SetFamily(Family):
+    name = "sets"
+    models = ("set",)
+
+    def training_data(self, source, config, *, cache_dir=None, store=None, workers=None,
+                      allow_missing=False, progress=True, encoder=None):
+        """The dataset at ``source`` as image embeddings, through the embedding cache ``store``."""
+        from data_prep.dataset import find_truth, load_dataset
+        from profiler.embeddings import EmbeddedData, EmbeddingStore
+
+        source = Path(source)
+        if (source / "meta.json").is_file():
+            raise DataError(f"{source}: a prepared image cache; the set model embeds the original "
+                            "images, so give it the dataset folder")
+        if find_truth(source) is None:
+            raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
+        dataset = load_dataset(source, missing="warn" if allow_missing else "error")
+        if isinstance(store, EmbeddingStore):
+            return EmbeddedData.for_training(dataset, config, store, encoder=encoder, progress=progress)
+        with EmbeddingStore(store) as opened:
+            return EmbeddedData.for_training(dataset, config, opened, encoder=encoder, progress=progress)
+
+    def accepts(self, data):
+        from profiler.embeddings import EmbeddedData
+
+        return isinstance(data, EmbeddedData)
+
+    def build(self, config, data=None, positions=None):
+        """The set model; its standardisation (and neighbour bank) from the users at ``positions``."""
+        from profiler.models.set_head import SetProfiler
+
+        if data is None:
+            raise ValueError("the set model is built from embeddings: give data")
+        positions = np.arange(len(data)) if positions is None else positions
+        rows = np.concatenate([data.user_images(int(i)) for i in positions])
+        neighbours = None
+        if config.set_pooling == "neighbours":
+            neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
+                          "k": config.neighbours, "temperature": config.neighbour_temperature}
+        model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
+                            dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
+                            mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours)
+        if neighbours:
+            fill_bank(model, data, positions, rows, config.seed)
+        return model
+
+    def split(self, model, data, positions):
+        """A model whose first stage never learns: that stage runs once per image here."""
+        fixed = model.fixed_stage()
+        if fixed is None:
+            return model, data
+        stage, head = fixed
+        return head, data.mapped(stage, positions)
+
+    def batch(self, data, chosen, config, rng):
+        sample = rng if config.sample_images else None
+        return np.concatenate([user_sets(data.user_images(int(i)), config.cap, sample) for i in chosen])
+
+    def input_spec(self, data, config):
+        import tensorflow as tf
+
+        return tf.TensorSpec((None, config.cap, data.dim + 1), tf.float32)
+
+    def reader(self, info, *, name="model", encoder=None, store=None):
+        from profiler.embeddings import EmbeddingStore
+        from profiler.encoders import get_encoder
+
+        needed = info["encoder"]
+        encoder = encoder or get_encoder(needed)
+        if encoder.identity != needed:
+            raise ModelFileError(f"{name}: this model was trained on embeddings from encoder {needed}, "
+                                 f"but the encoder given is {encoder.identity}; embeddings from another "
+                                 "encoder (or other weights) mean nothing to it")
+        if not isinstance(store, EmbeddingStore):
+            store = EmbeddingStore(store)
+        return SetReader(info, encoder, store)
+
+
+def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -> None:
+    """Put the training images (``rows``, of the users at ``positions``) in the model's bank.
+
+    Standardised as the model does, projected on their principal axes, labelled with
+    their users' labels; the prior is each class's share of those users (add-one smoothed).
+    """
+    from sklearn.decomposition import PCA
+
+    layer = model.get_layer("neighbours")
+    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+    pca = PCA(layer.dims, svd_solver="randomized", random_state=seed).fit(standard)
+    owner = np.repeat(positions, data.counts[positions])
+    onehots, priors = [], []
+    for t in TRAITS:
+        k = len(LABELS[t])
+        users = data.labels(t)[positions]
+        onehots.append(np.eye(k, dtype=np.float32)[data.labels(t)[owner]])
+        priors.append((np.bincount(users, minlength=k) + 1.0) / (len(users) + k))
+    layer.set_bank(pca.components_.T, standard, np.concatenate(onehots, axis=1), np.concatenate(priors))
+
+
+SETS = SetFamily()
