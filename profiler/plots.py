@@ -92,7 +92,7 @@ def training_curves(history_csv: str | Path, path: str | Path, *, title: str,
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = history["epoch"]
     for trait in TRAITS:
-        line, = left.plot(epochs, history[f"loss_{trait}"],
+        line, = left.plot(epochs, history[f"{trait}_loss"],
                           label=f"{trait} train" + (" (class-weighted)" if weighted else ""))
         left.plot(epochs, history[f"val_loss_{trait}"], "--", color=line.get_color(), label=f"{trait} val")
         right.plot(epochs, history[f"val_macro_f_{trait}"], label=trait)

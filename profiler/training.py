@@ -2,9 +2,9 @@
 
 - **Data**: a ``tf.data`` pipeline over the family's training data (the memory-mapped
   image cache of the 3D CNNs, the image embeddings of the set model), whose batches the
-  family builds (``profiler.families``), prefetched so the model does not wait. Each epoch's order, image choice and flips come from a
-  random stream seeded by ``(seed, epoch)`` alone, so an epoch is the same whether the
-  run was interrupted or not.
+  family builds (``profiler.families``), prefetched so the model does not wait. Each
+  epoch's order, image choice and flips come from a random stream seeded by
+  ``(seed, epoch)`` alone, so an epoch is the same whether the run was interrupted or not.
 - **Loss**: categorical cross-entropy summed over the three heads (the paper's Eq. 1),
   computed from integer labels (``sparse_categorical_crossentropy``: the same value),
   with optional per-head weights and "balanced" per-class sample weights per head.
@@ -12,10 +12,11 @@
   After each epoch the model predicts it once; the checkpoint kept (``model.keras``) is
   the one with the best mean macro-F over the three traits, computed with the
   evaluator's functions, not the best loss. Early stopping watches the same number.
+  The callbacks doing this are Keras' own, composed (``profiler.callbacks``).
 - **Resume**: Keras' ``BackupAndRestore`` keeps the weights and optimizer state of the
-  last finished epoch; the callback's own state (history, best score, patience) is
-  saved beside it. A run killed mid-epoch restarts that epoch on ``--resume`` and ends
-  with the same weights as an uninterrupted run.
+  last finished epoch; ``RunState`` keeps what Keras does not (the random generators,
+  the best score, the patience used up) beside it. A run killed mid-epoch restarts that
+  epoch on ``--resume`` and ends with the same weights as an uninterrupted run.
 - **Determinism**: every seed is set (``keras.utils.set_random_seed``) and TensorFlow's
   op determinism is enabled.
 """
@@ -37,7 +38,8 @@ from core.io import atomic_write_text
 from core.labels import LABELS, TRAITS
 from profiler.config import TrainConfig
 
-STATE_FILE = "train_state.json"
+STATE_FILE = "train_state.json"  # the names are profiler.callbacks'; here without loading Keras
+HISTORY_FILE = "history.csv"
 BACKUP_DIR = "backup"
 
 
@@ -163,126 +165,6 @@ def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
     )
 
 
-# --- validation callback ---------------------------------------------------------------
-
-
-def _callback_base():
-    import keras
-
-    return keras.callbacks.Callback
-
-
-def make_validation_callback(val: EpochData, run_dir: Path, config: TrainConfig, resume: bool,
-                             progress: bool, saved=None):
-    """The callback that scores validation, checkpoints the best model and stops early.
-
-    ``saved`` is the model the checkpoint holds, when it is not the one being fitted (a
-    model whose fixed first stage is computed once; its heads are the fitted model's).
-    """
-    from profiler.evaluation import trait_scores
-    from profiler.models.io import save_model
-
-    class ValidationCheckpoint(_callback_base()):
-        def __init__(self):
-            super().__init__()
-            state_path = run_dir / STATE_FILE
-            self.state = {"history": {}, "best": -1.0, "best_epoch": None, "wait": 0, "done": False}
-            if resume and state_path.is_file():
-                self.state = json.loads(state_path.read_text())
-            self.started = None
-            self.train_users = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            seconds = time.perf_counter() - self.started
-            probs = {t: [] for t in TRAITS}
-            for x, _, _ in val.batches():
-                out = self.model(x, training=False)
-                for t in TRAITS:
-                    probs[t].append(np.asarray(out[t]))
-            row = {"epoch": epoch + 1, "seconds": seconds, "loss": float(logs.get("loss", np.nan))}
-            val_loss = 0.0
-            fs = []
-            for t in TRAITS:
-                p = np.concatenate(probs[t])
-                truth = val.labels[t][val.positions]
-                loss_t = float(-np.mean(np.log(np.clip(p[np.arange(len(truth)), truth], 1e-7, 1))))
-                scores = trait_scores(truth, p.argmax(axis=1), t)
-                row[f"loss_{t}"] = float(logs.get(f"{t}_loss", np.nan))
-                row[f"val_loss_{t}"] = loss_t
-                row[f"val_macro_f_{t}"] = scores["F"]
-                row[f"val_acc_{t}"] = scores["Acc"]
-                val_loss += config.head_weights[t] * loss_t
-                fs.append(scores["F"])
-            row["val_loss"] = val_loss
-            row["val_mean_macro_f"] = float(np.mean(fs))
-            logs.update({k: v for k, v in row.items() if k != "epoch"})
-            improved = row["val_mean_macro_f"] > self.state["best"]
-            if improved:
-                self.state.update(best=row["val_mean_macro_f"], best_epoch=epoch + 1, wait=0)
-                save_model(self.model if saved is None else saved, run_dir / "model.keras")
-            else:
-                self.state["wait"] += 1
-            self.state["history"][str(epoch + 1)] = row
-            # by position: Keras numbers the generators' names per process
-            self.state.setdefault("seed_states", {})[str(epoch + 1)] = [
-                np.asarray(v).tolist() for v in _seed_variables(self.model)]
-            for old in [k for k in self.state["seed_states"] if int(k) < epoch]:
-                del self.state["seed_states"][old]
-            self._write_history()
-            atomic_write_text(run_dir / STATE_FILE, json.dumps(self.state) + "\n")
-            if progress:
-                line = (f"epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  val loss "
-                        f"{val_loss:.3f}  val macro-F " + " ".join(
-                            f"{t[:3]} {row[f'val_macro_f_{t}']:.3f}" for t in TRAITS)
-                        + f"  mean {row['val_mean_macro_f']:.3f}{'  *best' if improved else ''}"
-                        f"  {seconds:.1f} s")
-                print(line, file=sys.stderr, flush=True)
-            if config.patience and self.state["wait"] >= config.patience:
-                self.model.stop_training = True
-
-        def restore_seed_states(self, epochs_done: int) -> None:
-            """Put the dropout RNG states back as they were after ``epochs_done`` epochs.
-
-            ``BackupAndRestore`` restores weights and optimizer, but Keras keeps the random
-            generators' states outside the saved weights.
-            """
-            saved = self.state.get("seed_states", {}).get(str(epochs_done))
-            if epochs_done and saved is None:
-                raise RunStateError(f"{run_dir}: no random-generator state saved for epoch "
-                                f"{epochs_done}; cannot resume exactly")
-            for v, value in zip(_seed_variables(self.model), saved or []):
-                v.assign(np.asarray(value, dtype=v.dtype))
-
-        def _write_history(self):
-            rows = [self.state["history"][k] for k in sorted(self.state["history"], key=int)]
-            atomic_write_text(run_dir / "history.csv", pd.DataFrame(rows).to_csv(index=False))
-
-    return ValidationCheckpoint()
-
-
-def _seed_variables(model):
-    return [v for v in model.variables if "seed_generator_state" in v.path]
-
-
-def make_start_epoch(data: EpochData, validation):
-    """A callback that starts the data (and the RNG states) at the epoch training starts from.
-
-    It must come after ``BackupAndRestore``, whose ``on_train_begin`` restores that epoch.
-    """
-
-    class StartEpoch(_callback_base()):
-        def on_train_begin(self, logs=None):
-            epoch = int(getattr(self.model, "_initial_epoch", 0) or 0)
-            data.restart(epoch)
-            validation.restore_seed_states(epoch)
-
-    return StartEpoch()
-
-
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -336,12 +218,10 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     train_data = EpochData(family, fitted_data, train_pos, config, train=True)
     val_data = EpochData(family, fitted_data, val_pos, config, train=False)
     compile_model(fitted, config, len(train_data))
-    validation = make_validation_callback(val_data, run_dir, config, resume, progress, saved=model)
-    # Order matters: validation saves its state before the backup of the same epoch, so a
-    # kill between the two re-runs that epoch (deterministically) rather than losing it.
-    own = [validation,
-           keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True),
-           make_start_epoch(train_data, validation)]
+    from profiler.callbacks import trainer_callbacks
+
+    own, state = trainer_callbacks(run_dir, train_data, val_data, config, resume=resume, progress=progress,
+                                   saved=model)
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
         fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
@@ -350,31 +230,30 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     from profiler.models.io import save_model
 
     save_model(model, run_dir / "last.keras")
-    state = validation.state
-    state["done"] = True
-    atomic_write_text(state_path, json.dumps(state) + "\n")
-    summary = _summary(run_dir, config, state, model, len(train_pos), len(val_pos), elapsed)
+    state.finish()
+    summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     from profiler.plots import training_curves
 
-    training_curves(run_dir / "history.csv", run_dir / "curves.png", title=f"{config.model} ({config.preset})",
+    training_curves(run_dir / HISTORY_FILE, run_dir / "curves.png", title=f"{config.model} ({config.preset})",
                     weighted=config.class_weight != "none")
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     return summary
 
 
-def _summary(run_dir: Path, config: TrainConfig, state: dict, model, n_train: int, n_val: int,
-             elapsed: float) -> dict:
-    rows = [state["history"][k] for k in sorted(state["history"], key=int)]
-    best = state["history"][str(state["best_epoch"])]
-    seconds = [r["seconds"] for r in rows]
+def _summary(run_dir: Path, config: TrainConfig, model, n_train: int, n_val: int, elapsed: float) -> dict:
+    """The run in figures, from its history: the best epoch (the first with the best
+    validation mean macro-F, the one the checkpoint holds), its scores, the cost."""
+    rows = pd.read_csv(run_dir / HISTORY_FILE)
+    best = rows.loc[rows["val_mean_macro_f"].idxmax()]
+    seconds = rows["seconds"].to_numpy()
     from profiler.models.flops import flops_per_user
 
     return {
         "model": config.model, "preset": config.preset, "epochs_run": len(rows),
-        "best_epoch": state["best_epoch"],
-        "validation": {t: {"macro_f": best[f"val_macro_f_{t}"], "accuracy": best[f"val_acc_{t}"]}
-                       for t in TRAITS} | {"mean_macro_f": best["val_mean_macro_f"]},
+        "best_epoch": int(best["epoch"]),
+        "validation": {t: {"macro_f": float(best[f"val_macro_f_{t}"]), "accuracy": float(best[f"val_acc_{t}"])}
+                       for t in TRAITS} | {"mean_macro_f": float(best["val_mean_macro_f"])},
         "train_users": n_train, "val_users": n_val,
         "seconds_per_epoch": float(np.median(seconds)),
         "train_users_per_second": float(n_train / np.median(seconds)),
