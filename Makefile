@@ -21,7 +21,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/profiler demo --out results
+	$(BIN)/profiler demo --out-dir results
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

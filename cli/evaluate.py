@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import click
 
-from cli.main import main
+from cli.common import out_dir_option, quiet_option, workers_option
 
 
-@main.command()
+@click.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
-              help="Where to write  [default: RUN/evaluation]")
-@click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
-              help="Decoding processes  [default: the usable cores]")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(run, dataset, out, workers, quiet):
+@out_dir_option("Where to write  [default: RUN/evaluation]")
+@workers_option()
+@quiet_option()
+def evaluate(run, dataset, out_dir, workers, quiet):
     """Predict DATASET with RUN's model, score it, and write tables and plots.
 
     RUN is a 'profiler train' run directory (its model.keras is used) or a .keras file.
@@ -28,14 +26,13 @@ def evaluate(run, dataset, out, workers, quiet):
     """
     from profiler.pipeline import evaluate_run
 
-    result = evaluate_run(run, dataset, out=out, workers=workers, progress=not quiet)
+    result = evaluate_run(run, dataset, out=out_dir, workers=workers, progress=not quiet)
     click.echo(result["table"])
     click.echo(f"\nwrote {result['out']}", err=True)
 
 
-@main.command()
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="results",
-              help="Folder for tables, plots and submissions.")
+@click.command()
+@out_dir_option("Folder for tables, plots and submissions.", default="results")
 @click.option("--data", type=click.Path(file_okay=False), default="data/sample",
               help="Where the sample data is made (reused if it matches).")
 @click.option("--runs", type=click.Path(file_okay=False), default="runs/demo",
@@ -45,25 +42,24 @@ def evaluate(run, dataset, out, workers, quiet):
 @click.option("--epochs", type=click.IntRange(1), default=8, help="Most epochs per 3D CNN.")
 @click.option("--size", type=click.IntRange(8, 512), default=64, help="Image size in pixels.")
 @click.option("--seed", type=int, default=0, help="Seed for the data and the training.")
-@click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
-              help="Processes for making and decoding images  [default: the usable cores]")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(out, data, runs, users, epochs, size, seed, workers, quiet):
+@workers_option("Processes for making and decoding images")
+@quiet_option("No progress bars.")
+def demo(out_dir, data, runs, users, epochs, size, seed, workers, quiet):
     """Run the whole job on the bundled sample data and write the results.
 
     Makes the sample data, trains the set model (frozen pretrained encoder + head),
     Model 1 and Model 2, predicts the test split, scores them beside majority and
     random baselines, the paper's rows, an item oracle and the sample data's Bayes
-    ceiling, and writes tables (Markdown, CSV), plots and submissions into OUT.
+    ceiling, and writes tables (Markdown, CSV), plots and submissions into --out-dir.
 
     Example:
 
     \b
-        profiler demo --out results
+        profiler demo --out-dir results
     """
     from profiler.pipeline import demo as run_demo
 
-    result = run_demo(out, data=data, runs=runs, users=users, seed=seed, epochs=epochs, size=size,
+    result = run_demo(out_dir, data=data, runs=runs, users=users, seed=seed, epochs=epochs, size=size,
                       workers=workers, progress=not quiet)
     click.echo(result["table"])
     click.echo(f"\nresults in {result['out']}/ (summary.md, tables.md, plots); "

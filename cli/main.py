@@ -1,4 +1,8 @@
-"""The ``profiler`` command group; each command parses, calls the library, and prints."""
+"""The ``profiler`` command group: the commands are registered here, in one place.
+
+Each command (one module each) parses, calls the library, and prints; what they share
+is in ``cli.common``.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,8 +14,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
+from cli.evaluate import demo, evaluate
+from cli.predict import predict
+from cli.prepare import prepare
+from cli.sample_data import sample_data
+from cli.score import score
+from cli.train import train
+from core import __version__
 from core.errors import ProfilerError
-from profiler import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -24,38 +34,6 @@ class Group(click.Group):
             return super().invoke(ctx)
         except ProfilerError as exc:
             raise click.ClickException(str(exc)) from exc
-
-
-class Choice(click.Choice):
-    """``click.Choice`` that suggests the closest value for a typo ("did you mean")."""
-
-    def convert(self, value, param, ctx):
-        try:
-            return super().convert(value, param, ctx)
-        except click.BadParameter as exc:
-            from core.labels import suggest
-
-            close = suggest(str(value), list(self.choices))
-            if close:
-                exc.message = f"{exc.message.rstrip('.')}. Did you mean {close[0]!r}?"
-            raise
-
-
-def echo_problems(problems) -> None:
-    """Print problems (file:line: severity: message) to stderr."""
-    for problem in problems:
-        click.echo(str(problem), err=True)
-
-
-def write_output(text: str, output: str | None) -> None:
-    """Write a result to ``output`` atomically, or to stdout."""
-    if output:
-        from core.io import atomic_write_text
-
-        atomic_write_text(output, text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
 
 
 class _StderrHandler(logging.Handler):
@@ -88,10 +66,5 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-# The commands register themselves on ``main``.
-from cli import evaluate as _evaluate  # noqa: E402,F401
-from cli import predict as _predict  # noqa: E402,F401
-from cli import prepare as _prepare  # noqa: E402,F401
-from cli import sample_data as _sample_data  # noqa: E402,F401
-from cli import train as _train  # noqa: E402,F401
-from cli import score as _score  # noqa: E402,F401
+for command in (sample_data, prepare, train, predict, score, evaluate, demo):
+    main.add_command(command)

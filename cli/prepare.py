@@ -3,27 +3,25 @@ from __future__ import annotations
 
 import click
 
-from cli.main import Choice, main
+from cli.common import Choice, out_dir_option, quiet_option, workers_option
 
 
-@main.command()
+@click.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
-              help="Cache folder to write (replaced atomically when complete).")
+@out_dir_option("Cache folder to write (replaced atomically when complete).", required=True)
 @click.option("--size", type=click.IntRange(8, 1024), default=64,
               help="Height and width of each image in pixels.")
 @click.option("--fit", type=Choice(["pad", "crop"]), default="pad",
               help="Keep the aspect ratio by padding (whole image kept) or centre-cropping.")
 @click.option("--max-images", type=click.IntRange(1, 1000), default=32,
               help="Most images kept per user (an even spread of the sorted files).")
-@click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
-              help="Decoding processes  [default: the usable cores]")
+@workers_option()
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size before resizing (slower).")
 @click.option("--allow-missing", is_flag=True,
               help="Leave out truth users with no image folder (warn) instead of failing.")
 @click.option("--force", is_flag=True, help="Rebuild even if an up-to-date cache exists.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def prepare(dataset, out, size, fit, max_images, workers, no_draft, allow_missing, force, quiet):
+@quiet_option()
+def prepare(dataset, out_dir, size, fit, max_images, workers, no_draft, allow_missing, force, quiet):
     """Decode every user's images in DATASET into a cache folder for training.
 
     DATASET has images/<user_id>/ (or photo/<user_id>/) and optionally truth.txt.
@@ -32,14 +30,14 @@ def prepare(dataset, out, size, fit, max_images, workers, no_draft, allow_missin
     Example:
 
     \b
-        profiler prepare data/sample/train --out cache/train --size 64
+        profiler prepare data/sample/train --out-dir cache/train --size 64
     """
     from data_prep.cache import PrepareConfig
     from data_prep.cache import prepare as run_prepare
 
     config = PrepareConfig(height=size, width=size, fit=fit, draft=not no_draft,
                            max_images=max_images)
-    cache = run_prepare(dataset, out, config=config, workers=workers,
+    cache = run_prepare(dataset, out_dir, config=config, workers=workers,
                         missing="warn" if allow_missing else "error", force=force,
                         progress=not quiet)
     click.echo(cache.summary())

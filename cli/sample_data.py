@@ -5,10 +5,10 @@ import time
 
 import click
 
-from cli.main import main
+from cli.common import quiet_option, workers_option
 
 
-@main.command("sample-data")
+@click.command("sample-data")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--users", type=click.IntRange(2, 10_000_000), default=1000,
               help="Users in all (train and test together).")
@@ -17,12 +17,11 @@ from cli.main import main
               help="Share of the users in the test split (the paper: 1,500 of 5,000).")
 @click.option("--signal", type=click.FloatRange(0, 1), default=0.3,
               help="Share of a user's images that carry information about its labels.")
-@click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
-              help="Processes  [default: the usable cores]")
+@workers_option("Processes")
 @click.option("--contact-sheet", type=click.Path(dir_okay=False), default=None,
               help="Also draw the first test users' images into this PNG.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new data is complete).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option()
 def sample_data(out, users, seed, test_share, signal, workers, contact_sheet, force, quiet):
     """Make a sample dataset in OUT/train and OUT/test from real Twemoji images.
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from cli.main import Choice, echo_problems, main, write_output
+from cli.common import Choice, echo_problems, output_option, write_output
 
 
-@main.command()
+@click.command()
 @click.option("--truth", "-t", type=click.Path(exists=True), required=True,
               help="Truth file (txt, CSV or JSON lines), or a dataset folder holding one.")
 @click.argument("submissions", nargs=-1, type=click.Path(exists=True, dir_okay=False))
@@ -28,8 +28,7 @@ from cli.main import Choice, echo_problems, main, write_output
 @click.option("--seed", type=int, default=0, help="Seed for --bootstrap and the random baseline.")
 @click.option("--format", "fmt", type=Choice(["markdown", "csv", "json", "latex"]), default="markdown",
               help="Output format.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write the tables here (atomically) instead of stdout.")
+@output_option("Write the tables to this file (atomically) instead of stdout.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Write confusion-matrix heat-maps (PNG) into this folder.")
 @click.option("--ignore-extra", is_flag=True,
@@ -80,14 +79,7 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
 
     write_output(render(results, fmt=fmt, with_paper=with_paper), output)
     if plots:
-        from profiler.plots import confusion_heatmap
+        from profiler.plots import confusion_heatmaps
 
-        for name, result in results.items():
-            for trait, scores in result["traits"].items():
-                path = Path(plots) / f"confusion_{_slug(name)}_{trait}.png"
-                confusion_heatmap(scores, path, title=f"{name}: {trait}")
-        click.echo(f"wrote {len(results) * 3} confusion matrices to {plots}", err=True)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+        written = confusion_heatmaps(results, Path(plots))
+        click.echo(f"wrote {len(written)} confusion matrices to {plots}", err=True)

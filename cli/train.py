@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.main import Choice, main
+from cli.common import Choice, embeddings_option, quiet_option, workers_option
 from profiler.config import field_names
 
 
@@ -24,14 +24,14 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
                  "both": ["model1", "model2"], "all": ["set", "model1", "model2"]}
 
 
-@main.command()
+@click.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "-m", type=Choice(list(MODEL_CHOICES)), default="set", show_default=True,
               help="'set': a frozen pretrained encoder and a head over the set of image embeddings "
                    "(the default, and much the best); 'model1'/'model2': the paper's 3D CNNs; "
                    "'both': the two 3D CNNs; 'all': all three.")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run directory (with --model both/all: one sub-folder per model).")
+@click.option("--run-dir", "-r", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The run directory (with --model both/all: one sub-folder per model).")
 @click.option("--preset", type=Choice(["default", "paper"]), default="default",
               help="Starting hyper-parameters: 'paper' as published, 'default' what trains well on CPU.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -45,30 +45,28 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
 @click.option("--size", type=click.IntRange(8, 1024), default=None,
               help="Image size when preparing a dataset  [default: 64]")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to prepare a dataset's cache  [default: OUT/cache]")
-@click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
-              help="Decoding processes when preparing  [default: the usable cores]")
-@click.option("--embeddings", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The embedding cache file of the set model  [default: "
-                   "$PROFILER_CACHE_DIR/embeddings.sqlite, or ~/.cache/profiler/embeddings.sqlite]")
+              help="Where to prepare a dataset's cache  [default: RUN_DIR/cache]")
+@workers_option("Decoding processes when preparing")
+@embeddings_option()
 @click.option("--allow-missing", is_flag=True, help="Leave out truth users with no image folder.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT from its last finished epoch.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed, size, cache_dir,
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in RUN_DIR from its last finished epoch.")
+@quiet_option("No progress output.")
+def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, seed, size, cache_dir,
           workers, store_path, allow_missing, resume, quiet):
     """Train on DATA: a dataset folder (or, for the 3D CNNs, a prepared cache).
 
     The set model embeds every image once with a frozen pretrained encoder (cached by
     content, so a second run embeds nothing) and trains a small head; the 3D CNNs
-    prepare an image cache first. OUT receives config.json, model.keras (the epoch with
+    prepare an image cache first. RUN_DIR receives config.json, model.keras (the epoch with
     the best validation mean macro-F), history.csv, curves.png and summary.json.
     Interrupted runs continue with --resume.
 
     Examples:
 
     \b
-        profiler train data/sample/train --out runs/set
-        profiler train data/sample/train --model all --out runs/demo --epochs 20
+        profiler train data/sample/train --run-dir runs/set
+        profiler train data/sample/train --model all --run-dir runs/demo --epochs 20
     """
     from profiler.config import resolve
     from profiler.families import family_of
@@ -85,12 +83,12 @@ def train(data, model, out, preset, config_file, sets, epochs, batch_size, seed,
         family = family_of(name)
         if family.name not in made:
             made[family.name] = family.training_data(
-                data, config, cache_dir=cache_dir or out / "cache", store=store_path, workers=workers,
+                data, config, cache_dir=cache_dir or run_dir / "cache", store=store_path, workers=workers,
                 allow_missing=allow_missing, progress=not quiet)
             click.echo(made[family.name].summary(), err=True)
         inputs = made[family.name]
-        run_dir = out / name if len(models) > 1 else out
-        click.echo(f"training {name} ({config.preset} preset) on {len(inputs)} users -> {run_dir}",
+        target = run_dir / name if len(models) > 1 else run_dir
+        click.echo(f"training {name} ({config.preset} preset) on {len(inputs)} users -> {target}",
                    err=True)
-        summary = run_training(inputs, run_dir, config, resume=resume, progress=not quiet)
-        click.echo(json.dumps({"run": str(run_dir), **summary}))
+        summary = run_training(inputs, target, config, resume=resume, progress=not quiet)
+        click.echo(json.dumps({"run": str(target), **summary}))

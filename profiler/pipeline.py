@@ -75,19 +75,14 @@ def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: b
 
 def write_tables(results: dict, out: Path, *, stem: str = "tables") -> None:
     """The paper's tables as Markdown and CSV, all scores as JSON, heat-maps as PNG."""
-    from profiler.plots import confusion_heatmap
+    from profiler.plots import confusion_heatmaps
     from profiler.reports import render
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{stem}.md", render(results, fmt="markdown", with_paper=True))
     atomic_write_text(out / f"{stem}.csv", render(results, fmt="csv", with_paper=True))
     atomic_write_text(out / "scores.json", render(results, fmt="json"))
-    for name, result in results.items():
-        if result.get("source"):
-            continue
-        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
-        for trait, scores in result["traits"].items():
-            confusion_heatmap(scores, out / f"confusion_{slug}_{trait}.png", title=f"{name}: {trait}")
+    confusion_heatmaps({n: r for n, r in results.items() if not r.get("source")}, out)
 
 
 def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None = None,

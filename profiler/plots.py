@@ -44,6 +44,18 @@ def confusion_heatmap(scores: dict, path: str | Path, *, title: str) -> Path:
     return save_figure(fig, path)
 
 
+def confusion_heatmaps(results: dict, folder: str | Path) -> list[Path]:
+    """``confusion_<system>_<trait>.png`` in ``folder`` for each system's scores in ``results``
+    (the system's name with every character but letters and digits made ``_``)."""
+    written = []
+    for name, result in results.items():
+        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        for trait, scores in result["traits"].items():
+            written.append(confusion_heatmap(scores, Path(folder) / f"confusion_{slug}_{trait}.png",
+                                             title=f"{name}: {trait}"))
+    return written
+
+
 def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size: int = 96) -> Path:
     """A grid of the first ``users`` users of a dataset: one row each, labels on the left."""
     from data_prep.dataset import load_dataset

@@ -179,3 +179,48 @@ def to_json_record(row: dict) -> dict:
         out[t] = None if row[t] is None else {"label": row[t], "probabilities": row[f"{t}_probabilities"]}
     out["skipped"] = row["skipped"]
     return out
+
+
+OUTPUT_FORMATS = ("json", "jsonl", "csv", "submission")
+
+
+class PredictionWriter:
+    """Writes per-user results to a text stream as the batches come, in one of ``OUTPUT_FORMATS``.
+
+    json: one array of nested records (``to_json_record``); jsonl: one record a line;
+    csv: the flat table (``flatten``); submission: ``user_id:::gender:::location:::occupation``
+    lines for the users profiled (as ``profiler score`` reads them). ``name`` is the
+    output's name in error messages. ``close`` ends the output (the json array).
+    """
+
+    def __init__(self, stream, fmt: str, labels: dict, *, name: str = "<stdout>"):
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
+        self.stream, self.fmt, self.labels, self.name = stream, fmt, labels, name
+        self.first = True
+        if fmt == "json":
+            stream.write("[")
+
+    def write(self, rows: list[dict]) -> None:
+        if self.fmt == "csv":
+            self.stream.write(flatten(rows, self.labels).to_csv(index=False, header=self.first))
+            self.first = False
+            return
+        for row in rows:
+            if self.fmt == "submission":
+                if not row["error"]:
+                    from data_prep.truth import label_line
+
+                    self.stream.write(label_line([row["user_id"], *(row[t] for t in TRAITS)], self.name))
+                continue
+            text = json.dumps(to_json_record(row))
+            if self.fmt == "json":
+                self.stream.write(("\n  " if self.first else ",\n  ") + text)
+            else:
+                self.stream.write(text + "\n")
+            self.first = False
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.stream.write("\n]\n")
+

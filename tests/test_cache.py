@@ -107,7 +107,7 @@ def test_not_a_cache(tmp_path):
 
 @pytest.mark.parametrize("via", ["prepare", "train"])
 def test_a_folder_that_is_not_a_cache_is_never_replaced(tmp_path, via):
-    """Someone's documents at --out (or train's --cache): refused, exit 1, every byte kept."""
+    """Someone's documents at --out-dir (or train's --cache): refused, exit 1, every byte kept."""
     from click.testing import CliRunner
 
     from cli.main import main
@@ -116,8 +116,8 @@ def test_a_folder_that_is_not_a_cache_is_never_replaced(tmp_path, via):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "thesis.txt").write_bytes(b"four years of work\n")
-    args = (["prepare", str(data), "--out", str(docs), "--size", "16", "-q"] if via == "prepare" else
-            ["train", str(data), "--model", "model1", "--out", str(tmp_path / "r"), "--cache", str(docs),
+    args = (["prepare", str(data), "--out-dir", str(docs), "--size", "16", "-q"] if via == "prepare" else
+            ["train", str(data), "--model", "model1", "--run-dir", str(tmp_path / "r"), "--cache", str(docs),
              "--size", "16", "-q"])
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
@@ -128,5 +128,5 @@ def test_a_folder_that_is_not_a_cache_is_never_replaced(tmp_path, via):
     # an empty folder, or a cache of ours, is fine
     (docs / "thesis.txt").unlink()
     for _ in range(2):
-        assert CliRunner().invoke(main, ["prepare", str(data), "--out", str(docs), "--size", "16",
+        assert CliRunner().invoke(main, ["prepare", str(data), "--out-dir", str(docs), "--size", "16",
                                          "-q", "--force"]).exit_code == 0

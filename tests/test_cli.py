@@ -18,7 +18,7 @@ def test_help_and_version():
 
 def test_prepare_writes_a_cache(tmp_path):
     root = make_dataset(tmp_path / "d", {"a": 2, "b": 3})
-    result = run("prepare", root, "--out", tmp_path / "c", "--size", 16, "-j", 1, "-q")
+    result = run("prepare", root, "--out-dir", tmp_path / "c", "--size", 16, "-j", 1, "-q")
     assert result.exit_code == 0, result.output
     assert "prepared: 2 users, 5 images of 16x16 (0 files skipped" in result.output
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
@@ -28,12 +28,12 @@ def test_prepare_writes_a_cache(tmp_path):
 def test_prepare_bad_truth_is_a_clean_error(tmp_path):
     root = make_dataset(tmp_path / "d", {"a": 1})
     (root / "truth.txt").write_text("a:::femal:::center:::student\n")
-    result = run("prepare", root, "--out", tmp_path / "c", "--size", 16)
+    result = run("prepare", root, "--out-dir", tmp_path / "c", "--size", 16)
     assert result.exit_code == 1
     assert f"Error: {root / 'truth.txt'}:1: error: unknown gender label 'femal'" in result.output
     assert not (tmp_path / "c").exists()
 
 
 def test_prepare_usage_error_exits_2(tmp_path):
-    result = run("prepare", tmp_path, "--out", tmp_path / "c", "--fit", "stretch")
+    result = run("prepare", tmp_path, "--out-dir", tmp_path / "c", "--fit", "stretch")
     assert result.exit_code == 2

@@ -105,7 +105,7 @@ def test_csv_and_bad_model(setup, tmp_path):
 @pytest.mark.slow
 def test_end_to_end_demo(tmp_path):
     """Sample data -> train the three models -> predict -> score, as 'make demo' does, but tiny."""
-    result = run("demo", "--out", tmp_path / "results", "--data", tmp_path / "data", "--runs",
+    result = run("demo", "--out-dir", tmp_path / "results", "--data", tmp_path / "data", "--runs",
                  tmp_path / "runs", "--users", 30, "--epochs", 1, "--size", 16, "-q")
     assert result.exit_code == 0, result.output
     assert "Bayes rule (ceiling)" in result.stdout and "3D CNN Model 2" in result.stdout
@@ -126,7 +126,7 @@ def test_end_to_end_demo(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "As fractions of the Bayes rule's" in summary and "users/s end to end" in summary
     timings = json.loads((out / "demo_timings.json").read_text())
-    again = run("demo", "--out", tmp_path / "results", "--data", tmp_path / "data", "--runs",
+    again = run("demo", "--out-dir", tmp_path / "results", "--data", tmp_path / "data", "--runs",
                 tmp_path / "runs", "--users", 30, "--epochs", 1, "--size", 16, "-q")
     assert again.exit_code == 0, again.output
     timings2 = json.loads((out / "demo_timings.json").read_text())

@@ -93,7 +93,7 @@ def trained(tmp_path_factory):
     counts = {f"u{i:02d}": [1, 3, 11, 30][i % 4] for i in range(16)}
     data = make_dataset(root / "data", counts)
     result = CliRunner().invoke(main, [
-        "train", str(data), "--out", str(root / "run"), "--epochs", "2", "--batch-size", "4", "-q",
+        "train", str(data), "--run-dir", str(root / "run"), "--epochs", "2", "--batch-size", "4", "-q",
         "--set", "encoder=tiny", "--set", "hidden=[4]", "--set", "dense=[4]", "--set", "cap=12",
         "--embeddings", str(root / "e.sqlite")])
     assert result.exit_code == 0, result.output
@@ -142,8 +142,8 @@ def test_refuses_another_encoder(trained):
 def test_set_model_needs_the_dataset_not_a_cache(trained, tmp_path):
     root, data, _ = trained
     runner = CliRunner()
-    assert runner.invoke(main, ["prepare", str(data), "--out", str(tmp_path / "c"), "--size", "16", "-q"]).exit_code == 0
-    result = runner.invoke(main, ["train", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
+    assert runner.invoke(main, ["prepare", str(data), "--out-dir", str(tmp_path / "c"), "--size", "16", "-q"]).exit_code == 0
+    result = runner.invoke(main, ["train", str(tmp_path / "c"), "--run-dir", str(tmp_path / "r"),
                                   "--set", "encoder=tiny"])
     assert result.exit_code == 1
     assert "a prepared image cache; the set model embeds the original images, so give it the dataset folder" in result.output
@@ -151,7 +151,7 @@ def test_set_model_needs_the_dataset_not_a_cache(trained, tmp_path):
 
 def test_unknown_encoder_is_a_clean_error(tmp_path):
     data = make_dataset(tmp_path / "d", {"a": 1, "b": 1, "c": 1, "d": 1})
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "r"),
+    result = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(tmp_path / "r"),
                                        "--set", "encoder=efficientnet_lit0"])
     assert result.exit_code == 1
     assert "encoder must be one of" in result.output and "'efficientnet_lit0'" in result.output

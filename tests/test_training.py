@@ -33,7 +33,7 @@ def tiny(**overrides):
 
 def test_cli_run_directory_has_every_file(cache, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(out), "--epochs", "2", "-q",
+    result = CliRunner().invoke(main, ["train", str(cache.root), "--run-dir", str(out), "--epochs", "2", "-q",
                                        *TINY])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
@@ -45,7 +45,7 @@ def test_cli_run_directory_has_every_file(cache, tmp_path):
     assert history["epoch"].tolist() == [1, 2]
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["filters"] == [4, 4, 4, 4] and recorded["size"] == 16  # the cache's size
-    again = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(out), "--epochs", "2", *TINY])
+    again = CliRunner().invoke(main, ["train", str(cache.root), "--run-dir", str(out), "--epochs", "2", *TINY])
     assert again.exit_code == 1 and "a training run is already here; use --resume" in again.output
 
 
@@ -68,7 +68,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
 
 
 def test_unknown_setting_suggests(cache, tmp_path):
-    result = CliRunner().invoke(main, ["train", str(cache.root), "--out", str(tmp_path / "r"),
+    result = CliRunner().invoke(main, ["train", str(cache.root), "--run-dir", str(tmp_path / "r"),
                                        "--set", "learning_rat=0.1"])
     assert result.exit_code == 1
     assert "command line: unknown setting 'learning_rat' (did you mean 'learning_rate'?)" in result.output
@@ -99,7 +99,7 @@ def test_config_file_and_validation(tmp_path):
 
 def test_training_needs_truth(tmp_path):
     root = make_dataset(tmp_path / "d", {"a": 1, "b": 1}, truth=None)
-    result = CliRunner().invoke(main, ["train", str(root), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(main, ["train", str(root), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 1 and "no truth.txt, truth.csv or truth.jsonl; training needs labels" in result.output
     assert not (tmp_path / "r").exists()
 
@@ -152,7 +152,7 @@ def test_a_config_file_that_is_not_settings_is_a_clean_error(tmp_path, content):
     data = make_dataset(tmp_path / "d", {"a": 1, "b": 1, "c": 1, "d": 1})
     config = tmp_path / "settings.json"
     config.write_bytes(content)
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "r"), "--config", str(config)])
+    result = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(tmp_path / "r"), "--config", str(config)])
     assert result.exit_code == 1, result.output
     assert f"{config}: " in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()

@@ -1,0 +1,73 @@
+"""What the commands share: option decorators, the "did you mean" choice, output helpers.
+
+Commands import from here, never from ``cli.main``, so the command group can import the
+commands without a cycle. Option meanings are the same in every command: ``-o/--output``
+is a file; ``--out-dir`` a folder of results; ``--run-dir`` a training run's folder.
+"""
+from __future__ import annotations
+
+import click
+
+
+class Choice(click.Choice):
+    """``click.Choice`` that suggests the closest value for a typo ("did you mean")."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            from core.labels import suggest
+
+            close = suggest(str(value), list(self.choices))
+            if close:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {close[0]!r}?"
+            raise
+
+
+def workers_option(what: str = "Decoding processes", default: str = "the usable cores"):
+    """``--workers/-j``: how many processes do ``what``."""
+    return click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,
+                        help=f"{what}  [default: {default}]")
+
+
+def quiet_option(what: str = "No progress bar."):
+    """``--quiet/-q``: no progress output."""
+    return click.option("--quiet", "-q", is_flag=True, help=what)
+
+
+def output_option(what: str):
+    """``--output/-o``: a result file, written atomically (stdout when not given)."""
+    return click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help=what)
+
+
+def out_dir_option(what: str, **kwargs):
+    """``--out-dir``: a folder of results."""
+    kwargs.setdefault("default", None)
+    return click.option("--out-dir", "out_dir", type=click.Path(file_okay=False), help=what, **kwargs)
+
+
+def embeddings_option():
+    """``--embeddings``: the set model's embedding cache file."""
+    from pathlib import Path
+
+    return click.option("--embeddings", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None,
+                        help="The set model's embedding cache file  [default: "
+                             "$PROFILER_CACHE_DIR/embeddings.sqlite, or ~/.cache/profiler/embeddings.sqlite]")
+
+
+def echo_problems(problems) -> None:
+    """Print problems (file:line: severity: message) to stderr."""
+    for problem in problems:
+        click.echo(str(problem), err=True)
+
+
+def write_output(text: str, output: str | None) -> None:
+    """Write a result to ``output`` atomically, or to stdout."""
+    if output:
+        from core.io import atomic_write_text
+
+        atomic_write_text(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
