@@ -91,7 +91,8 @@ def set_model_scores(name: str, data: Path, store, work: Path, seed: int, **over
     from core.labels import TRAITS
     from profiler.config import resolve
     from profiler.embeddings import EmbeddedData
-    from profiler.pipeline import BAYES_NAME, predict_submission, score_files
+    from profiler.demo import BAYES_NAME
+    from profiler.runs import predict_dataset, score_files, write_submission
     from profiler.training import train
 
     config = resolve("default", overrides={"model": "set", "encoder": name, "seed": seed, **overrides})
@@ -102,7 +103,8 @@ def set_model_scores(name: str, data: Path, store, work: Path, seed: int, **over
     summary = train(embedded, run, config, progress=False)
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    predict_submission(run / "model.keras", data / "test", run / "test.txt", progress=False, store=store)
+    write_submission(predict_dataset(run / "model.keras", data / "test", progress=False, store=store),
+                     run / "test.txt")
     predict_s = time.perf_counter() - t
     results = score_files(data / "test", {name: run / "test.txt",
                                           BAYES_NAME: data / "bayes_rule_test.txt"}, baselines=False)

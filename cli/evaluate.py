@@ -24,7 +24,7 @@ def evaluate(run, dataset, out_dir, workers, quiet):
     \b
         profiler evaluate runs/demo/model1 data/sample/test
     """
-    from profiler.pipeline import evaluate_run
+    from profiler.runs import evaluate_run
 
     result = evaluate_run(run, dataset, out=out_dir, workers=workers, progress=not quiet)
     click.echo(result["table"])
@@ -57,7 +57,7 @@ def demo(out_dir, data, runs, users, epochs, size, seed, workers, quiet):
     \b
         profiler demo --out-dir results
     """
-    from profiler.pipeline import demo as run_demo
+    from profiler.demo import demo as run_demo
 
     result = run_demo(out_dir, data=data, runs=runs, users=users, seed=seed, epochs=epochs, size=size,
                       workers=workers, progress=not quiet)

@@ -155,6 +155,13 @@ def load_submission(path: str | Path, truth: pd.DataFrame, *, name: str | None =
     return Submission(name, path, predictions, problems)
 
 
+def predictions_of(table: pd.DataFrame) -> pd.DataFrame:
+    """A prediction table (``prediction.flatten``) as ``score`` reads predictions: the users
+    profiled, indexed by user id, a column per trait. Users not profiled count as wrong."""
+    profiled = table[table["error"].isna()] if "error" in table else table
+    return profiled.set_index("user_id")[list(TRAITS)]
+
+
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(columns=list(TRAITS), index=pd.Index([], name="user_id"))
 

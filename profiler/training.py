@@ -193,7 +193,7 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     from profiler.backend import import_keras
     from profiler.families import family_of
 
-    keras = import_keras()
+    import_keras()
 
     family = family_of(config.model)
     run_dir = Path(run_dir)

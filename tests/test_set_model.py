@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from core.errors import DataError, ModelFileError
+from core.errors import ModelFileError
 from profiler.families.sets import pack_set
 from profiler.models.set_head import SetProfiler
 from tests.helpers import interrupt_after, make_dataset

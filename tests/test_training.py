@@ -8,7 +8,7 @@ from PIL import Image
 
 from cli.main import main
 from data_prep.cache import PrepareConfig, prepare
-from core.errors import ConfigError, DataError, RunStateError
+from core.errors import ConfigError, RunStateError
 from core.labels import LABELS
 from profiler.config import resolve
 from profiler.models import load_model

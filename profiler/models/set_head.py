@@ -27,7 +27,7 @@ ops = keras.ops
 
 from core.labels import TRAITS, label_space
 from profiler import __version__
-from profiler.models.choices import DEFAULT_CAP, FEATURE_POOLINGS, SET_POOLINGS  # noqa: F401
+from profiler.models.choices import DEFAULT_CAP, FEATURE_POOLINGS
 from profiler.models.heads import classification_stage, trait_heads
 
 #: the most values a neighbours bank may hold (1 GiB of float32: a million images at 256 dims)

