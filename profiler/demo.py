@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.io import atomic_write_text
 from core.labels import TRAITS
-from profiler.runs import (predict_dataset, score_files, score_table, summary_table, versions,
+from profiler.runs import (BOOTSTRAP, predict_dataset, score_files, score_table, summary_table, versions,
                            write_submission, write_tables)
 
 BAYES_NAME = "Bayes rule (ceiling)"
@@ -115,7 +115,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         timings[f"predict_{name}_s"] = time.perf_counter() - t
         timings[f"predict_{name}_users_per_s"] = len(predicted) / timings[f"predict_{name}_s"]
         write_submission(predicted, out / "submissions" / f"{name}.txt")
-        results[SYSTEM_NAMES[name]] = score_table(truth, predicted)
+        results[SYSTEM_NAMES[name]] = score_table(truth, predicted, bootstrap=BOOTSTRAP, seed=seed)
     test_users = len(predicted)
     _log("[5/5] scoring and writing results")
     submissions = {}
@@ -130,7 +130,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     submissions[PROBE_NAME] = out / "submissions" / "instance_probe.txt"
     shutil.copyfile(data / "bayes_rule_test.txt", out / "submissions" / "bayes_rule.txt")
     submissions[BAYES_NAME] = out / "submissions" / "bayes_rule.txt"
-    results |= score_files(data / "test", submissions, seed=seed)
+    results |= score_files(data / "test", submissions, seed=seed, bootstrap=BOOTSTRAP)
     write_tables(results, out)
     for name in ("set", "model1", "model2"):
         shutil.copyfile(runs / name / "curves.png", out / f"training_curves_{name}.png")

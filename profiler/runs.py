@@ -18,6 +18,9 @@ from core.errors import DataError
 from core.io import atomic_write_text
 from core.labels import TRAITS
 
+#: resamples of the test users behind the 95 % intervals that evaluate and the demo report
+BOOTSTRAP = 1000
+
 
 def model_path(run: str | Path) -> Path:
     """The model of a run directory (its ``model.keras``), or a ``.keras`` file itself."""
@@ -57,8 +60,9 @@ def score_table(truth: pd.DataFrame, table: pd.DataFrame, **options) -> dict:
 
 
 def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: bool = True,
-                seed: int = 0) -> dict:
-    """Score named submission files against the truth (strictly), plus the baselines."""
+                seed: int = 0, bootstrap: int = 0) -> dict:
+    """Score named submission files against the truth (strictly), plus the baselines;
+    with ``bootstrap`` > 0, 95 % intervals over that many resamples of the users."""
     from profiler import evaluation
 
     table = evaluation.load_truth_for_scoring(truth)
@@ -67,9 +71,9 @@ def score_files(truth: str | Path, submissions: dict[str, Path], *, baselines: b
         sub = evaluation.load_submission(path, table, name=name)
         if not sub.valid:
             raise DataError("\n".join(str(p) for p in sub.problems))
-        results[name] = evaluation.score(table, sub.predictions)
+        results[name] = evaluation.score(table, sub.predictions, bootstrap=bootstrap, seed=seed)
     if baselines:
-        results.update(evaluation.score_baselines(table, seed=seed))
+        results.update(evaluation.score_baselines(table, seed=seed, bootstrap=bootstrap))
     return results
 
 
@@ -98,8 +102,8 @@ def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None
     table = predict_dataset(model_path(run), dataset, workers=workers, progress=progress)
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
     write_submission(table, out / "submission.txt")
-    results = {name: score_table(truth, table)}
-    results.update(evaluation.score_baselines(truth))
+    results = {name: score_table(truth, table, bootstrap=BOOTSTRAP)}
+    results.update(evaluation.score_baselines(truth, bootstrap=BOOTSTRAP))
     write_tables(results, out)
     main_table = summary_table(results)
     extra = sorted(set(table["user_id"]) - set(truth.index))
@@ -117,7 +121,8 @@ def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None
 def summary_table(results: dict, ceiling: dict | None = None) -> str:
     """One Markdown table: macro-F and accuracy per trait for each system.
 
-    With ``ceiling`` (macro-F per trait), a second table gives each system's macro-F and
+    Where the results carry bootstrap intervals (``ci95``), each macro-F is followed by
+    its 95 % interval. With ``ceiling`` (macro-F per trait), a second table gives each system's macro-F and
     accuracy as fractions of the ceiling's.
     """
     from tabulate import tabulate
@@ -126,8 +131,10 @@ def summary_table(results: dict, ceiling: dict | None = None) -> str:
     for name, result in results.items():
         row = {"system": name}
         for t in TRAITS:
-            row[f"{t} F"] = result["traits"][t]["F"]
-            row[f"{t} Acc"] = result["traits"][t]["Acc"]
+            scores = result["traits"][t]
+            low, high = scores.get("ci95", {}).get("F", (None, None))
+            row[f"{t} F"] = f"{scores['F']:.3f}" + ("" if low is None else f" ({low:.2f}-{high:.2f})")
+            row[f"{t} Acc"] = scores["Acc"]
         rows.append(row)
         if ceiling:
             share = {"system": name}
