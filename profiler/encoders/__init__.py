@@ -24,7 +24,18 @@ def _open_nsfw() -> Encoder:
     return OpenNsfwEncoder()
 
 
+def _litert(mode: str) -> Callable[[], Encoder]:
+    def make() -> Encoder:
+        from profiler.encoders.litert import LiteRTEncoder
+
+        return LiteRTEncoder(_efficientnet_lite0(), mode)
+
+    return make
+
+
 ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientnet_lite0,
+                                              "efficientnet_lite0_int8": _litert("int8"),
+                                              "efficientnet_lite0_float32": _litert("float32"),
                                               "open_nsfw": _open_nsfw}
 DEFAULT_ENCODER = "efficientnet_lite0"
 

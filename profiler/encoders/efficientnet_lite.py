@@ -29,6 +29,12 @@ STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80)
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 
 
+def _layer_name(name: str) -> str:
+    """A PyTorch parameter prefix as a Keras layer name (no leading "_": TensorFlow's
+    SavedModel export, which the LiteRT conversion goes through, refuses it)."""
+    return name.lstrip("_")
+
+
 def build_efficientnet_lite0(weights: dict[str, np.ndarray] | None = None, *, classifier: bool = False,
                              features: str = "avg"):
     """The Keras network; with ``weights`` (a state dict by PyTorch name) loaded into it.
@@ -46,16 +52,16 @@ def build_efficientnet_lite0(weights: dict[str, np.ndarray] | None = None, *, cl
     def conv(x, name, filters, kernel, stride=1, depthwise=False):
         # TensorFlow's 'same' padding (asymmetric at stride 2), as the reference weights were
         # trained; symmetric padding gave less confident ImageNet predictions on test emoji
-        layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)
+        layer = (layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=_layer_name(name))
                  if depthwise else
-                 layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name))
+                 layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=_layer_name(name)))
         if weights is not None:
             w = weights[f"{name}.weight"]  # (out, in/groups, kh, kw)
             assign.append((layer, [w.transpose(2, 3, 0, 1) if depthwise else w.transpose(2, 3, 1, 0)]))
         return layer(x)
 
     def bn(x, name, act=True):
-        layer = layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
+        layer = layers.BatchNormalization(epsilon=BN_EPSILON, name=_layer_name(name))
         if weights is not None:
             assign.append((layer, [weights[f"{name}.{k}"] for k in
                                    ("weight", "bias", "running_mean", "running_var")]))
@@ -82,7 +88,7 @@ def build_efficientnet_lite0(weights: dict[str, np.ndarray] | None = None, *, cl
               if features == "avgmax" else average)
     outputs = [pooled]
     if classifier:
-        fc = layers.Dense(1000, name="_fc")
+        fc = layers.Dense(1000, name=_layer_name("_fc"))
         outputs.append(fc(average))
         if weights is not None:
             assign.append((fc, [weights["_fc.weight"].T, weights["_fc.bias"]]))
