@@ -10,8 +10,8 @@ Reproduce with:
 3. **Accuracy**: for each DATASET (a sample dataset with train/ and test/; default
    data/sample), the set model trained with the ``default`` preset on each runtime's
    embeddings: test macro-F per trait with 95 % bootstrap intervals (1000 resamples),
-   beside the Bayes rule's. int8 is fit to be the default only where its macro-F lies
-   within float's interval on every trait.
+   beside the Bayes rule's. int8 is fit to be the default only where its macro-F is
+   nowhere below float's interval (the lower end), on every trait.
 
 Embeddings go through ``--store`` (default runs/bench/embeddings.sqlite), so a second run
 embeds nothing; the converted models go to the cache directory (``profiler.encoders.litert``).
@@ -76,7 +76,7 @@ def speed_and_agreement(test: Path, images: int, runs: int) -> dict:
     return out
 
 
-def accuracy(data: Path, store_path: Path, work: Path, seed: int) -> dict:
+def accuracy(data: Path, store_path: Path, work: Path, seed: int, runtimes: list[str]) -> dict:
     from core.labels import TRAITS
     from data_prep.dataset import load_dataset
     from profiler.config import resolve
@@ -88,7 +88,8 @@ def accuracy(data: Path, store_path: Path, work: Path, seed: int) -> dict:
     truth = load_truth_for_scoring(data / "test")
     out = {"Bayes rule": score_files(data / "test", {"bayes": data / "bayes_rule_test.txt"},
                                      baselines=False)["bayes"]}
-    for label, name in RUNTIMES.items():
+    for label in runtimes:
+        name = RUNTIMES[label]
         _log(f"{data}: the set model on {label} embeddings")
         config = resolve("default", overrides={"model": "set", "encoder": name, "seed": seed})
         with EmbeddingStore(store_path) as store:
@@ -126,15 +127,14 @@ def render(speed: dict, scores: dict[str, dict], info: dict) -> str:
     for data, result in scores.items():
         bayes = result["Bayes rule"]["traits"]
         lines += [f"## The set model's test macro-F on `{data}` (95 % bootstrap intervals)", "",
-                  "| runtime | " + " | ".join(TRAITS) + " | within float's interval |",
+                  "| runtime | " + " | ".join(TRAITS) + " | not below float's interval |",
                   "|---|" + "---|" * (len(TRAITS) + 1)]
         reference = result["keras"]["traits"]
-        for label in RUNTIMES:
+        for label in [r for r in RUNTIMES if r in result]:
             traits = result[label]["traits"]
             cells = [f"{traits[t]['F']:.3f} ({traits[t]['ci95']['F'][0]:.3f}-{traits[t]['ci95']['F'][1]:.3f})"
                      for t in TRAITS]
-            inside = all(reference[t]["ci95"]["F"][0] <= traits[t]["F"] <= reference[t]["ci95"]["F"][1]
-                         for t in TRAITS)
+            inside = all(traits[t]["F"] >= reference[t]["ci95"]["F"][0] for t in TRAITS)
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {'yes' if inside else 'no'} |")
         lines.append("| Bayes rule (ceiling) | " + " | ".join(f"{bayes[t]['F']:.3f}" for t in TRAITS) + " | |")
         lines.append("")
@@ -150,15 +150,36 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-accuracy", action="store_true", help="speed and agreement only")
+    parser.add_argument("--runtimes", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES),
+                        help="runtimes whose set model is trained and scored (keras always)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
+                        help="render again from saved .json results (speed from the first; scores merged)")
     args = parser.parse_args()
+    if args.from_json:
+        saved = [json.loads(path.read_text()) for path in args.from_json]
+        scores = {k: v for r in saved for k, v in r["scores"].items()}
+        text = render(saved[0]["speed"], scores, saved[0]["machine"])
+        for other in saved[1:]:  # the same measurement in the other runs
+            text += ("\nThe speed measured again in the run of " + ", ".join(f"`{d}`" for d in other["scores"])
+                     + ": " + "; ".join(f"{label} {other['speed'][label]['images_per_s']:.0f} images/s "
+                                        f"({other['speed'][label]['ratio_to_keras']:.2f}x)" for label in RUNTIMES)
+                     + ".\n")
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+            args.out.with_suffix(".json").write_text(json.dumps(
+                {"machine": saved[0]["machine"], "speed": saved[0]["speed"], "scores": scores,
+                 "also_measured": [r["speed"] for r in saved[1:]]}, indent=2) + "\n")
+        return 0
     for data in args.datasets:
         if not (data / "bayes_rule_test.txt").is_file():
             print(f"{data}: not a sample dataset (run 'make demo' or 'profiler sample-data')", file=sys.stderr)
             return 1
     _log("speed and agreement")
     speed = speed_and_agreement(args.datasets[0] / "test", args.images, args.runs)
-    scores = {} if args.no_accuracy else {str(d): accuracy(d, args.store, args.work, args.seed)
+    runtimes = ["keras", *[r for r in args.runtimes if r != "keras"]]
+    scores = {} if args.no_accuracy else {str(d): accuracy(d, args.store, args.work, args.seed, runtimes)
                                           for d in args.datasets}
     info = machine()
     text = render(speed, scores, info)
