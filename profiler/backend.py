@@ -25,13 +25,15 @@ HARMLESS = re.compile(
     r"absl::InitializeLog|cudart_stub|cuda_platform|cuInit|cuda drivers|cpu_feature_guard|"
     r"oneDNN custom operations|rebuild TensorFlow with the appropriate compiler flags|"
     r"TF-TRT Warning|computation_placer|Unable to register cu(DNN|FFT|BLAS) factory|"
-    r"This TensorFlow binary is optimized"
+    r"This TensorFlow binary is optimized|Created TensorFlow Lite XNNPACK delegate|"
+    r"fully_quantize: \d|Saved artifact at"
 )
 _loaded = False
 
 
 @contextlib.contextmanager
-def _quiet_stderr_fd():
+def quiet_stderr():
+    """Capture what C++ code writes to file descriptor 2; write back all but ``HARMLESS`` lines."""
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
@@ -72,7 +74,7 @@ def import_keras():
     if not _loaded:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-        with _quiet_stderr_fd():
+        with quiet_stderr():
             import keras
 
             if keras.backend.backend() == "tensorflow":

@@ -19,7 +19,9 @@ with its own identity, so cached embeddings of different modes are never mixed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from functools import cached_property
@@ -82,11 +84,11 @@ class LiteRTEncoder(Encoder):
     @cached_property
     def key(self) -> str:
         """What the converted file depends on: weights, mode, converter, calibration."""
-        import tensorflow as tf
+        from importlib.metadata import version
 
         from profiler.encoders.base import file_digest
 
-        parts = [file_digest(self.weights_path, 64), self.base.features, self.mode, tf.__version__,
+        parts = [file_digest(self.weights_path, 64), self.base.features, self.mode, version("tensorflow"),
                  str(CONVERSION_VERSION), str(CALIBRATION_IMAGES), str(CALIBRATION_SEED)]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
@@ -103,6 +105,9 @@ class LiteRTEncoder(Encoder):
         path = self.model_path
         if path.is_file():
             return path
+        from profiler.backend import import_keras, quiet_stderr
+
+        import_keras()
         import tensorflow as tf
 
         options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
@@ -115,7 +120,8 @@ class LiteRTEncoder(Encoder):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tflite", dir=path.parent)
         os.close(fd)
         try:
-            self.base.network.export(tmp, format="litert", verbose=False, **options)
+            with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
+                self.base.network.export(tmp, format="litert", verbose=False, **options)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -127,14 +133,16 @@ class LiteRTEncoder(Encoder):
         from ai_edge_litert.interpreter import Interpreter
 
         from data_prep.cache import default_workers
-        from profiler.backend import compute_threads
+        from profiler.backend import compute_threads, quiet_stderr
 
         path = self.convert()
         try:
-            interpreter = Interpreter(model_path=str(path), num_threads=compute_threads() or default_workers())
-            entry = interpreter.get_input_details()[0]
-            interpreter.resize_tensor_input(entry["index"], [self.chunk, *entry["shape"][1:]])
-            interpreter.allocate_tensors()
+            with quiet_stderr():  # LiteRT announces its XNNPACK delegate on stderr
+                interpreter = Interpreter(model_path=str(path), num_threads=compute_threads() or default_workers())
+                entry = interpreter.get_input_details()[0]
+                interpreter.resize_tensor_input(entry["index"], [self.chunk, *entry["shape"][1:]])
+                interpreter.allocate_tensors()
+                interpreter.invoke()
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: not a usable LiteRT model ({exc}); delete it and it is "
                                  "converted again") from exc
