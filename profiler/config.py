@@ -73,6 +73,7 @@ class TrainConfig:
     patience: int = 8  # epochs without a better validation mean macro-F; 0: never stop early
     head_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TRAITS})
     class_weight: str = "balanced"
+    calibrate: bool = True  # fit a temperature per head on the validation split once training ends
     seed: int = 0
 
     def validate(self) -> "TrainConfig":

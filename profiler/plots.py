@@ -56,6 +56,25 @@ def confusion_heatmaps(results: dict, folder: str | Path) -> list[Path]:
     return written
 
 
+def reliability_diagram(arrays: dict[str, tuple], path: str | Path, *, title: str) -> Path:
+    """Accuracy against top-label confidence per trait (15 equal-width bins), with the
+    temperatures undone and as predicted; ``arrays`` maps a trait to (before, after, labels)."""
+    from sklearn.calibration import calibration_curve
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(arrays), figsize=(4 * len(arrays), 4), squeeze=False)
+    for ax, (trait, (before, after, labels)) in zip(axes[0], arrays.items()):
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+        for probs, name in ((before, "raw softmax"), (after, "with temperature")):
+            correct = (probs.argmax(axis=1) == labels).astype(int)
+            accuracy, confidence = calibration_curve(correct, probs.max(axis=1), n_bins=15, strategy="uniform")
+            ax.plot(confidence, accuracy, "o-", label=name)
+        ax.set(xlabel="confidence of the predicted class", ylabel="accuracy", title=trait, xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: reliability")
+    return save_figure(fig, path)
+
+
 def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size: int = 96) -> Path:
     """A grid of the first ``users`` users of a dataset: one row each, labels on the left."""
     from data_prep.dataset import load_dataset

@@ -73,14 +73,17 @@ class Predictor:
         return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store))
 
     def probabilities(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Class probabilities per trait for a stack of model inputs, in fixed-size chunks."""
+        """Calibrated class probabilities per trait for a stack of model inputs, in fixed-size
+        chunks: the model's softmax with each head's temperature (``profiler.calibration``)."""
+        from profiler.calibration import apply_temperature
+
         out = {t: [] for t in TRAITS}
         for chunk, n_real in padded_chunks(inputs, COMPUTE_BATCH):
             result = self.model.predict_on_batch(chunk)  # compiled: 1.1-5.5x an eager call
             for t in TRAITS:
                 out[t].append(np.asarray(result[t])[:n_real])
-        return {t: np.concatenate(v) if v else np.zeros((0, len(self.info["labels"][t])))
-                for t, v in out.items()}
+        return {t: apply_temperature(np.concatenate(v), self.info["temperatures"][t]) if v
+                else np.zeros((0, len(self.info["labels"][t]))) for t, v in out.items()}
 
 
 def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, seed: int) -> list[dict]:

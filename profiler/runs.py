@@ -8,10 +8,12 @@ files (``score_files``) is for systems that exist only as files (a baseline, an 
 """
 from __future__ import annotations
 
+import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.errors import DataError
@@ -33,7 +35,8 @@ def model_path(run: str | Path) -> Path:
 
 def predict_dataset(model: str | Path, dataset: str | Path, *, workers: int | None = None,
                     progress: bool = True, store=None) -> pd.DataFrame:
-    """Profile every user of ``dataset`` with ``model``; the flat table (``prediction.flatten``)."""
+    """Profile every user of ``dataset`` with ``model``; the flat table (``prediction.flatten``),
+    with the model's ``model_info`` in ``table.attrs["model"]``."""
     from data_prep.cache import default_workers
     from data_prep.dataset import discover_users
     from profiler.prediction import Predictor, flatten, iter_predictions
@@ -42,7 +45,53 @@ def predict_dataset(model: str | Path, dataset: str | Path, *, workers: int | No
     users = discover_users([dataset])
     rows = [r for batch in iter_predictions(users, predictor, workers=workers or default_workers(),
                                             progress=progress) for r in batch]
-    return flatten(rows, predictor.info["labels"])
+    table = flatten(rows, predictor.info["labels"])
+    table.attrs["model"] = predictor.info
+    return table
+
+
+def calibration_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
+    """Per trait, how calibrated the table's probabilities are on the users of ``truth``:
+    log loss, Brier score and ECE as predicted ("after", with the model's temperatures) and
+    with the temperatures undone ("before": the raw softmax), and the arrays to plot them."""
+    from profiler.calibration import apply_temperature, calibration_scores
+    from profiler.evaluation import encode
+
+    info = table.attrs["model"]
+    scored = table[table["error"].isna() & table["user_id"].isin(truth.index)]
+    report = {}
+    for t in TRAITS:
+        after = scored[[f"{t}:{c}" for c in info["labels"][t]]].to_numpy(np.float64)
+        before = apply_temperature(after, 1.0 / info["temperatures"][t])
+        labels = encode(truth.loc[scored["user_id"], t].to_numpy(), t)
+        report[t] = {"temperature": info["temperatures"][t], "users": len(labels),
+                     "before": calibration_scores(before, labels), "after": calibration_scores(after, labels),
+                     "arrays": (before, after, labels)}
+    return report
+
+
+def calibration_table(reports: dict[str, dict]) -> str:
+    """Markdown: each system's temperature and log loss, Brier and ECE before -> after, per trait."""
+    from tabulate import tabulate
+
+    rows = [{"system": name, "trait": t, "T": f"{r['temperature']:.2f}",
+             **{m: f"{r['before'][key]:.3f} -> {r['after'][key]:.3f}"
+                for m, key in (("log loss", "log_loss"), ("Brier", "brier"), ("ECE", "ece"))}}
+            for name, report in reports.items() for t, r in report.items()]
+    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False)
+
+
+def write_calibration(reports: dict[str, dict], out: Path) -> None:
+    """``calibration.json`` (the figures) and a reliability diagram per system."""
+    from profiler.plots import reliability_diagram
+
+    figures = {name: {t: {k: v for k, v in r.items() if k != "arrays"} for t, r in report.items()}
+               for name, report in reports.items()}
+    atomic_write_text(out / "calibration.json", json.dumps(figures, indent=2) + "\n")
+    for name, report in reports.items():
+        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        reliability_diagram({t: r["arrays"] for t, r in report.items()}, out / f"reliability_{slug}.png",
+                            title=name)
 
 
 def write_submission(table: pd.DataFrame, path: str | Path) -> None:
@@ -105,15 +154,20 @@ def evaluate_run(run: str | Path, dataset: str | Path, *, out: str | Path | None
     results = {name: score_table(truth, table, bootstrap=BOOTSTRAP)}
     results.update(evaluation.score_baselines(truth, bootstrap=BOOTSTRAP))
     write_tables(results, out)
+    calibration = {name: calibration_report(truth, table)}
+    write_calibration(calibration, out)
     main_table = summary_table(results)
     extra = sorted(set(table["user_id"]) - set(truth.index))
     report = [f"# Evaluation of {name} on {dataset}", "",
               f"{len(table)} users, {int(table['error'].notna().sum())} could not be profiled, "
               f"{int(table['filled'].sum())} had fewer images than the model reads."
               + (f" {len(extra)} users have images but no truth and are not scored." if extra else ""), "",
-              main_table, "", "Full tables (the paper's Tables 1-5): `tables.md`; confusion matrices: "
-              "`confusion_*.png`; per-user probabilities: `predictions.csv`; the submission file: "
-              "`submission.txt`."]
+              main_table, "", "Calibration of the probabilities (log loss, Brier score, expected "
+              "calibration error over 15 bins), with the temperatures undone -> as predicted:", "",
+              calibration_table(calibration), "",
+              "Full tables (the paper's Tables 1-5): `tables.md`; confusion matrices: "
+              "`confusion_*.png`; reliability diagram: `reliability_*.png`; per-user probabilities: "
+              "`predictions.csv`; the submission file: `submission.txt`."]
     atomic_write_text(out / "report.md", "\n".join(report) + "\n")
     return {"out": str(out), "results": results, "table": main_table}
 

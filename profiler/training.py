@@ -230,8 +230,10 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     from profiler.models.io import save_model
 
     save_model(model, run_dir / "last.keras")
+    calibration = calibrate(run_dir / "model.keras", family, data, val_pos, config) if config.calibrate else None
     state.finish()
     summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
+    summary["calibration"] = calibration
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     from profiler.plots import training_curves
 
@@ -239,6 +241,35 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
                     weighted=config.class_weight != "none")
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     return summary
+
+
+def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConfig) -> dict:
+    """Fit each head's temperature on the users at ``positions`` (the validation split) from
+    the kept checkpoint's probabilities, and store them in the checkpoint (atomically).
+
+    Returns per trait the temperature and the log loss, Brier score and ECE before and after.
+    """
+    from profiler.batching import padded_chunks
+    from profiler.calibration import apply_temperature, calibration_scores, fit_temperature
+    from profiler.models.io import load_model, save_model
+
+    best = load_model(path)
+    probs = {t: [] for t in TRAITS}
+    for i in range(0, len(positions), config.batch_size):
+        x = family.batch(data, positions[i:i + config.batch_size], config, None)
+        for chunk, n_real in padded_chunks(x, config.batch_size):  # one shape for every call
+            out = best.predict_on_batch(chunk)
+            for t in TRAITS:
+                probs[t].append(np.asarray(out[t])[:n_real])
+    report, temperatures = {}, {}
+    for t in TRAITS:
+        p, truth = np.concatenate(probs[t]), data.labels(t)[positions]
+        temperatures[t] = fit_temperature(p, truth)
+        report[t] = {"temperature": temperatures[t], "before": calibration_scores(p, truth),
+                     "after": calibration_scores(apply_temperature(p, temperatures[t]), truth)}
+    best.temperatures = temperatures
+    save_model(best, path)
+    return report
 
 
 def _summary(run_dir: Path, config: TrainConfig, model, n_train: int, n_val: int, elapsed: float) -> dict:

@@ -125,6 +125,10 @@ def test_end_to_end_demo(tmp_path):
     assert (tmp_path / "runs" / "model1" / "evaluation" / "report.md").is_file()
     summary = (out / "summary.md").read_text()
     assert "As fractions of the Bayes rule's" in summary and "users/s end to end" in summary
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert set(calibration) == {"Set model (frozen encoder + head)", "3D CNN Model 1", "3D CNN Model 2"}
+    assert calibration["3D CNN Model 1"]["gender"]["users"] > 0 and "Calibration of the probabilities" in summary
+    assert (out / "reliability_3D_CNN_Model_1.png").is_file()
     timings = json.loads((out / "demo_timings.json").read_text())
     again = run("demo", "--out-dir", tmp_path / "results", "--data", tmp_path / "data", "--runs",
                 tmp_path / "runs", "--users", 30, "--epochs", 1, "--size", 16, "-q")

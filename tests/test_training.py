@@ -45,6 +45,14 @@ def test_cli_run_directory_has_every_file(cache, tmp_path):
     assert history["epoch"].tolist() == [1, 2]
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["filters"] == [4, 4, 4, 4] and recorded["size"] == 16  # the cache's size
+    # the kept checkpoint carries the temperatures fitted on the validation split
+    from profiler.models import model_info
+
+    calibration = summary["calibration"]
+    assert model_info(load_model(out / "model.keras"))["temperatures"] == {
+        t: calibration[t]["temperature"] for t in calibration}
+    for scores in calibration.values():
+        assert scores["after"]["log_loss"] <= scores["before"]["log_loss"] + 1e-9
     again = CliRunner().invoke(main, ["train", str(cache.root), "--run-dir", str(out), "--epochs", "2", *TINY])
     assert again.exit_code == 1 and "a training run is already here; use --resume" in again.output
 

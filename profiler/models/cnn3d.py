@@ -30,7 +30,7 @@ keras = import_keras()  # before Keras: the backend's settings and quiet start-u
 from core.labels import TRAITS, label_space
 from profiler import __version__
 from profiler.models.choices import DEFAULT_FILTERS, POOLINGS, VARIANTS
-from profiler.models.heads import classification_stage, trait_heads
+from profiler.models.heads import classification_stage, temperatures_of, trait_heads
 
 
 def block_list(variant: str, filters: tuple[int, ...] | None = None) -> list[tuple[int, tuple | None]]:
@@ -70,15 +70,16 @@ class Cnn3dProfiler(keras.Model):
     """A 3D CNN over a user's image volume with gender, location and occupation heads.
 
     Outputs a dict ``{"gender": (n, 2), "location": (n, 6), "occupation": (n, 8)}`` of
-    probabilities. The constructor arguments are the config; the saved model carries
-    its label vocabularies, ``p``, the image size and the package version.
+    probabilities (the raw softmax; ``temperatures`` calibrate them at prediction). The
+    constructor arguments are the config; the saved model carries its label
+    vocabularies, ``p``, the image size, the temperatures and the package version.
     """
 
     def __init__(self, variant: str = "model1", p: int = 11, height: int = 64, width: int = 64,
                  filters: tuple[int, ...] | None = None, dense: tuple[int, ...] = (256,),
                  dropout: float = 0.5, batch_norm: bool = True, pooling: str = "avg",
                  image_fit: str = "pad", labels: dict | None = None,
-                 profiler_version: str | None = None, **kwargs):
+                 profiler_version: str | None = None, temperatures: dict | None = None, **kwargs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         labels = labels or label_space()
@@ -104,12 +105,13 @@ class Cnn3dProfiler(keras.Model):
         self.image_fit = image_fit  # how images were resized for it (pad/crop); predict uses it
         self.labels = {t: list(labels[t]) for t in TRAITS}
         self.profiler_version = profiler_version or __version__
+        self.temperatures = temperatures_of(temperatures)  # fitted after training; see calibration
 
     def get_config(self) -> dict:
         return {"variant": self.variant, "p": self.p, "height": self.height, "width": self.width,
                 "filters": list(self.filters), "dense": list(self.dense), "dropout": self.dropout,
                 "batch_norm": self.batch_norm, "pooling": self.pooling, "image_fit": self.image_fit,
-                "labels": self.labels,
+                "labels": self.labels, "temperatures": self.temperatures,
                 "profiler_version": self.profiler_version, "name": self.name}
 
     @classmethod

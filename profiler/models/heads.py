@@ -17,6 +17,11 @@ def classification_stage(x, dense: tuple[int, ...], dropout: float, *, name: str
     return x
 
 
+def temperatures_of(temperatures: dict | None) -> dict[str, float]:
+    """Each head's calibration temperature (``profiler.calibration``); 1 where none is fitted."""
+    return {t: float((temperatures or {}).get(t, 1.0)) for t in TRAITS}
+
+
 def trait_heads(x, labels: dict[str, list[str]]) -> dict:
     """One softmax head per trait, named after it, sized by its vocabulary (2, 6, 8).
 

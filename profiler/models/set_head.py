@@ -28,7 +28,7 @@ ops = keras.ops
 from core.labels import TRAITS, label_space
 from profiler import __version__
 from profiler.models.choices import DEFAULT_CAP, FEATURE_POOLINGS
-from profiler.models.heads import classification_stage, trait_heads
+from profiler.models.heads import classification_stage, temperatures_of, trait_heads
 
 #: the most values a neighbours bank may hold (1 GiB of float32: a million images at 256 dims)
 MAX_BANK_VALUES = 1 << 28
@@ -207,14 +207,16 @@ class SetProfiler(keras.Model):
 
     ``encoder`` is the identity (name@weights digest) of the encoder whose embeddings
     it was trained on; prediction refuses any other. ``mean`` and ``variance`` are the
-    per-dimension statistics of the training embeddings.
+    per-dimension statistics of the training embeddings. ``temperatures`` (per trait)
+    calibrate the heads' probabilities; the model's outputs are the raw softmax, and
+    prediction applies them.
     """
 
     def __init__(self, dim: int = 1024, cap: int = DEFAULT_CAP, encoder: str = "",
                  hidden: tuple[int, ...] = (256,), dense: tuple[int, ...] = (256,),
                  dropout: float = 0.5, pooling: str = "mean", mean=None, variance=None,
                  labels: dict | None = None, profiler_version: str | None = None,
-                 neighbours: dict | None = None, **kwargs):
+                 neighbours: dict | None = None, temperatures: dict | None = None, **kwargs):
         labels = labels or label_space()
         mean = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
         variance = np.ones(dim, np.float32) if variance is None else np.asarray(variance, np.float32)
@@ -255,6 +257,7 @@ class SetProfiler(keras.Model):
         self.mean, self.variance = mean, variance
         self.labels = {t: list(labels[t]) for t in TRAITS}
         self.profiler_version = profiler_version or __version__
+        self.temperatures = temperatures_of(temperatures)  # fitted after training; see calibration
         self.neighbours = (None if pooling != "neighbours" else
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
                             if k in ("size", "dims", "k", "temperature")})
@@ -288,7 +291,7 @@ class SetProfiler(keras.Model):
                 "hidden": list(self.hidden), "dense": list(self.dense), "dropout": self.dropout,
                 "pooling": self.pooling, "mean": self.mean.tolist(), "variance": self.variance.tolist(),
                 "labels": self.labels, "profiler_version": self.profiler_version,
-                "neighbours": self.neighbours, "name": self.name}
+                "neighbours": self.neighbours, "temperatures": self.temperatures, "name": self.name}
 
     @classmethod
     def from_config(cls, config: dict) -> "SetProfiler":
