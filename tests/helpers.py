@@ -110,3 +110,11 @@ def interrupt_after(batches: int):
                 raise KeyboardInterrupt
 
     return Interrupt()
+
+
+def tiny_cache(root: Path, users: int):
+    """A prepared 16 px cache of ``users`` users with 1 to 5 images each (labels cycling)."""
+    from data_prep.cache import PrepareConfig, prepare
+
+    make_dataset(root / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(users)})
+    return prepare(root / "d", root / "cache", config=PrepareConfig(height=16, width=16), workers=1, progress=False)

@@ -6,22 +6,18 @@ import numpy as np
 import pytest
 
 from core.labels import LABELS, TRAITS
-from data_prep.cache import PrepareConfig, prepare
 from profiler.config import resolve
 from profiler.embeddings import EmbeddedData
 from profiler.families import FAMILIES, SETS, VOLUMES, family_of
 from tests.harness import run_model_test
-from tests.helpers import make_dataset
+from tests.helpers import tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    make_dataset(root / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(12)})
-    return prepare(root / "d", root / "cache", config=PrepareConfig(height=16, width=16),
-                   workers=1, progress=False)
+    return tiny_cache(tmp_path_factory.mktemp("families"), 12)
 
 
 def embedded(users: int = 12, dim: int = 8, seed: int = 0) -> EmbeddedData:

@@ -13,17 +13,14 @@ from core.labels import LABELS
 from profiler.config import resolve
 from profiler.models import load_model
 from profiler.training import class_weights, split_indices, train
-from tests.helpers import interrupt_after, make_dataset
+from tests.helpers import interrupt_after, make_dataset, tiny_cache
 
 TINY = ["--model", "model1", "--set", "filters=[4,4,4,4]", "--set", "dense=[8]", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    make_dataset(root / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
-    return prepare(root / "d", root / "cache", config=PrepareConfig(height=16, width=16),
-                   workers=1, progress=False)
+    return tiny_cache(tmp_path_factory.mktemp("train"), 24)
 
 
 def tiny(**overrides):
