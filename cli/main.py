@@ -34,6 +34,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except ProfilerError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a write error (disk full, file too large, permissions): no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
 class _StderrHandler(logging.Handler):

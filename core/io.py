@@ -1,11 +1,34 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename."""
+"""Atomic file writes: a temporary file in the same folder, then a rename.
+
+A replaced file keeps its permissions; a new one gets those the umask gives (the
+temporary file's private 0600 is not left behind). Temporary names are short enough
+beside any legal file name.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _mode(path: Path, default: int) -> int:
+    """The permissions to give what replaces ``path``: its own, or ``default`` less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return default & ~_UMASK
+
+
+def _prefix(path: Path) -> str:
+    """A temporary name's start: the destination's name, cut so the whole stays under 255 bytes."""
+    return f".{os.fsencode(path.name)[:100].decode(errors='ignore')}."
 
 
 @contextlib.contextmanager
@@ -16,10 +39,11 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _mode(path, 0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -48,17 +72,18 @@ def atomic_dir(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+    for stale in path.parent.glob(f"{glob_escape(_prefix(path))}tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}tmp-", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, _mode(path, 0o777))
     old = None
     if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        old = path.parent / f"{_prefix(path)}old-{os.getpid()}"
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:

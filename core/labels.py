@@ -107,5 +107,5 @@ def check_label_space(space: dict[str, list[str]]) -> None:
     """Raise ``ValueError`` if a stored label space differs from this version's."""
     if {t: list(v) for t, v in space.items()} != label_space():
         raise ValueError(
-            f"label vocabularies differ from this version of profiler: {space} != {label_space()}"
+            f"label vocabularies differ from this version of profiler: {str(space)[:300]} != {label_space()}"
         )

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from core.errors import ModelFileError
 from core.labels import TRAITS
 from data_prep.cache import decoding_pool
 from data_prep.dataset import User, discover_users
@@ -69,6 +70,9 @@ class Predictor:
         if isinstance(model, (str, Path)):
             model = load_model(model)
         info = model_info(model)
+        if info["variant"] is None or info["labels"] is None:
+            raise ModelFileError(f"{name}: a Keras model, but not one that 'profiler train' made (it has "
+                                 "no profiler variant or labels); give the model.keras of a training run")
         family = family_of(info["variant"])
         return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store))
 

@@ -30,7 +30,7 @@ keras = import_keras()  # before Keras: the backend's settings and quiet start-u
 from core.labels import TRAITS, label_space
 from profiler import __version__
 from profiler.models.choices import DEFAULT_FILTERS, POOLINGS, VARIANTS
-from profiler.models.heads import classification_stage, temperatures_of, trait_heads
+from profiler.models.heads import check_config, classification_stage, temperatures_of, trait_heads
 
 
 def block_list(variant: str, filters: tuple[int, ...] | None = None) -> list[tuple[int, tuple | None]]:
@@ -83,6 +83,8 @@ class Cnn3dProfiler(keras.Model):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         labels = labels or label_space()
+        check_config(labels, temperatures, p=p, height=height, width=width, filters=list(filters or []),
+                     dense=list(dense))
         blocks = block_list(variant, filters)
         inputs = keras.Input((p, height, width, 3), dtype="uint8", name="volume")
         x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)

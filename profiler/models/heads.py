@@ -17,6 +17,28 @@ def classification_stage(x, dense: tuple[int, ...], dropout: float, *, name: str
     return x
 
 
+#: what a model's config may claim (a model file is input: a crafted one must not make the
+#: tool allocate terabytes or write labels no output format can carry)
+LIMITS = {"p": (1, 256), "height": (8, 2048), "width": (8, 2048), "cap": (1, 4096), "dim": (1, 65536),
+          "units": (1, 65536)}
+
+
+def check_config(labels: dict, temperatures: dict | None = None, **values) -> None:
+    """Raise ``ValueError`` unless a model's labels are this version's and every size is in
+    ``LIMITS`` (``values``: name -> a whole number or a list of them; list entries are "units")."""
+    from core.labels import check_label_space
+
+    check_label_space(labels)
+    for name, value in values.items():
+        low, high = LIMITS[name if name in LIMITS else "units"]
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise ValueError(f"{name} must be whole numbers from {low} to {high}, not {v!r}")
+    for t, v in (temperatures or {}).items():
+        if t not in TRAITS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 1e-3 <= v <= 1e3:
+            raise ValueError(f"temperatures must be numbers from 0.001 to 1000 per trait, not {t!r}: {v!r}")
+
+
 def temperatures_of(temperatures: dict | None) -> dict[str, float]:
     """Each head's calibration temperature (``profiler.calibration``); 1 where none is fitted."""
     return {t: float((temperatures or {}).get(t, 1.0)) for t in TRAITS}

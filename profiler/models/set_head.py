@@ -28,7 +28,7 @@ ops = keras.ops
 from core.labels import TRAITS, label_space
 from profiler import __version__
 from profiler.models.choices import DEFAULT_CAP, FEATURE_POOLINGS
-from profiler.models.heads import classification_stage, temperatures_of, trait_heads
+from profiler.models.heads import check_config, classification_stage, temperatures_of, trait_heads
 
 #: the most values a neighbours bank may hold (1 GiB of float32: a million images at 256 dims)
 MAX_BANK_VALUES = 1 << 28
@@ -218,6 +218,7 @@ class SetProfiler(keras.Model):
                  labels: dict | None = None, profiler_version: str | None = None,
                  neighbours: dict | None = None, temperatures: dict | None = None, **kwargs):
         labels = labels or label_space()
+        check_config(labels, temperatures, dim=dim, cap=cap, hidden=list(hidden), dense=list(dense))
         mean = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
         variance = np.ones(dim, np.float32) if variance is None else np.asarray(variance, np.float32)
         inputs = keras.Input((cap, dim + 1), dtype="float32", name="set")

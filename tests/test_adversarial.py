@@ -1,0 +1,109 @@
+"""Hostile and faulty input: clean errors naming the file, no traceback, good output kept."""
+import json
+import os
+import stat
+import zipfile
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from core.errors import ModelFileError
+from core.io import atomic_dir, atomic_write_text
+from tests.helpers import make_dataset
+
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_written_files_keep_or_get_ordinary_permissions(tmp_path):
+    new = tmp_path / "new.md"
+    atomic_write_text(new, "x")
+    assert mode(new) == 0o666 & ~UMASK  # not the temporary file's private 0600
+    shared = tmp_path / "shared.md"
+    shared.write_text("old")
+    os.chmod(shared, 0o644)
+    atomic_write_text(shared, "new")
+    assert mode(shared) == 0o644 and shared.read_text() == "new"
+    private = tmp_path / "private.md"
+    private.write_text("old")
+    os.chmod(private, 0o600)
+    atomic_write_text(private, "new")
+    assert mode(private) == 0o600
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "a").write_text("a")
+    assert mode(tmp_path / "folder") == 0o777 & ~UMASK
+
+
+def test_the_longest_legal_file_name_can_be_written(tmp_path):
+    longest = tmp_path / ("a" * 255)
+    atomic_write_text(longest, "x")
+    assert longest.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["a" * 255]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_a_write_error_is_a_clean_error(tmp_path):
+    data = make_dataset(tmp_path / "d", {"a": 1, "b": 1})
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    result = run("score", "-t", data / "truth.txt", "--baselines", "-o", blocker / "scores.md")
+    assert result.exit_code == 1 and "file.txt" in result.output and blocker.read_text() == "not a folder"
+
+
+def test_a_keras_model_from_elsewhere_is_named_for_what_it_is(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "other.keras")
+    data = make_dataset(tmp_path / "d", {"a": 1})
+    result = run("predict", data, "--model", tmp_path / "other.keras", "-q")
+    assert result.exit_code == 1 and "other.keras: a Keras model, but not one that 'profiler train' made" in result.output
+
+
+def craft(tmp_path, change) -> str:
+    """A profiler model file whose config ``change`` edits; the path of the crafted file."""
+    from profiler.models import Cnn3dProfiler, save_model
+
+    save_model(Cnn3dProfiler("model1", filters=(4,) * 4, height=16, width=16, dense=(8,)), tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(files["config.json"])
+    change(config["config"])
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "evil.keras", "w") as z:
+        for name, blob in files.items():
+            z.writestr(name, blob)
+    return tmp_path / "evil.keras"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(height=100_000, width=100_000), "height must be whole numbers from 8 to 2048"),
+    (lambda c: c.update(p=10 ** 9), "p must be whole numbers from 1 to 256"),
+    (lambda c: c["labels"]["gender"].__setitem__(0, "a:::b\n" * 100_000), "label vocabularies differ"),
+    (lambda c: c.update(temperatures={"gender": -1}), "temperatures must be numbers"),
+])
+def test_a_crafted_model_config_is_refused_before_anything_is_built(tmp_path, change, message):
+    from profiler.models import load_model
+
+    path = craft(tmp_path, change)
+    with pytest.raises(ModelFileError, match="evil.keras: not a loadable profiler model") as caught:
+        load_model(path)
+    assert message in str(caught.value) and len(str(caught.value)) < 2000  # long values are cut
+
+
+def test_predict_refuses_the_crafted_file_through_the_cli(tmp_path):
+    path = craft(tmp_path, lambda c: c.update(height=100_000, width=100_000))
+    data = make_dataset(tmp_path / "d", {"a": 1})
+    out = tmp_path / "out.json"
+    out.write_text("good")
+    result = run("predict", data, "--model", path, "-o", out, "-q")
+    assert result.exit_code == 1 and "height must be whole numbers" in result.output and out.read_text() == "good"
