@@ -3,8 +3,8 @@
 ``get_encoder(name)`` gives a ready encoder; ``ENCODERS`` lists them by name, and
 ``register_encoder`` adds one (a name and a zero-argument factory). The default is
 EfficientNet-Lite0 (chosen over open_nsfw by ``bench/encoders.py``) run by LiteRT in
-int8 (``litert.py``): about 4x the Keras float network's speed with the set model's
-macro-F unchanged within its bootstrap interval (``bench/litert.py``; see the README).
+int8 (``litert.py``): much faster than the Keras float network with the set model's
+macro-F within its bootstrap interval (``bench/litert.py``; figures in the README).
 """
 from __future__ import annotations
 

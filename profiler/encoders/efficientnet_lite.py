@@ -7,7 +7,7 @@ ReLU6 and a fixed stem and head, made for CPUs. The embedding is the 1280-d glob
 average before the classifier, with
 the spatial maximum of the same map beside it: a small object in a cluttered picture
 shows in the maximum more than in the average (1-NN recognition of the sample data's
-signal emoji: 62 % with the maximum, 54 % with the average). Preprocessing as the TensorFlow reference: RGB at
+signal emoji is better with the maximum; ``bench/encoders.py``). Preprocessing as the TensorFlow reference: RGB at
 224x224, (x - 127) / 128; the image is letterboxed to a square first so nothing a user
 posted is cut off.
 """
