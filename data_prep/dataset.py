@@ -13,6 +13,7 @@ one stable order this package uses; it carries no meaning.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,14 +62,43 @@ class Dataset:
         return pd.DataFrame(rows, columns=["user_id", *TRAITS]).set_index("user_id")
 
 
+def is_text(name: str) -> bool:
+    """Whether a name read from the file system is valid UTF-8 (Python keeps other bytes as
+    surrogate escapes, which no UTF-8 output can carry)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 written as ``\\xNN``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _named(entries, what: str) -> list[Path]:
+    """``entries`` whose names are valid UTF-8; the others are left out with a warning."""
+    kept = []
+    for p in entries:
+        if is_text(p.name):
+            kept.append(p)
+        else:
+            log.warning("%s: the %s name is not valid UTF-8, so no output could name it; left out "
+                        "(rename it)", shown(p), what)
+    return kept
+
+
 def list_image_files(folder: Path) -> tuple[Path, ...]:
-    """Regular, non-hidden files directly in ``folder``, sorted by name."""
-    return tuple(
-        sorted(
-            (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
-            key=lambda p: p.name,
-        )
-    )
+    """Regular, non-hidden files directly in ``folder`` with UTF-8 names, sorted by name."""
+    files = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return tuple(sorted(_named(files, "file"), key=lambda p: p.name))
+
+
+def user_folders(image_dir: Path) -> dict[str, Path]:
+    """The user folders in ``image_dir`` by user id (non-hidden, UTF-8 names)."""
+    folders = (p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {p.name: p for p in _named(folders, "user folder")}
 
 
 def find_image_dir(root: Path) -> Path | None:
@@ -115,7 +145,7 @@ def load_dataset(
             "with one sub-folder of images per user"
         )
     truth_path = Path(truth) if truth is not None else find_truth(root)
-    folders = {p.name: p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    folders = user_folders(image_dir)
     if truth_path is None:
         users = [User(uid, list_image_files(folders[uid])) for uid in sorted(folders)]
         return Dataset(root, image_dir, None, users)
@@ -153,11 +183,14 @@ def discover_users(paths: list[str | Path]) -> list[User]:
         if not path.is_dir():
             raise DataError(f"{path}: not a folder")
         if is_dataset_dir(path):
-            image_dir = find_image_dir(path)
-            for sub in sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                users.append(User(sub.name, list_image_files(sub)))
+            folders = user_folders(find_image_dir(path))
+            users.extend(User(uid, list_image_files(folders[uid])) for uid in sorted(folders))
         else:
-            users.append(User(path.resolve().name, list_image_files(path)))
+            uid = path.resolve().name
+            if not is_text(uid):
+                raise DataError(f"{shown(path)}: the folder name is not valid UTF-8, so no output could "
+                                "name this user; rename it")
+            users.append(User(uid, list_image_files(path)))
     seen: set[str] = set()
     for user in users:
         if user.user_id in seen:

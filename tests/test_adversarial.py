@@ -107,3 +107,20 @@ def test_predict_refuses_the_crafted_file_through_the_cli(tmp_path):
     out.write_text("good")
     result = run("predict", data, "--model", path, "-o", out, "-q")
     assert result.exit_code == 1 and "height must be whole numbers" in result.output and out.read_text() == "good"
+
+
+def test_names_that_are_not_utf8_are_left_out_with_a_warning(tmp_path):
+    data = make_dataset(tmp_path / "d", {"u1": 2, "u2": 2, "u3": 1})
+    os.rename(os.fsencode(data / "images" / "u1" / "img00.png"), os.fsencode(data / "images" / "u1") + b"/\xffimg.png")
+    os.rename(os.fsencode(data / "images" / "u2"), os.fsencode(data / "images") + b"/u\xff2")
+    result = run("prepare", data, "--out-dir", tmp_path / "c", "-q", "--allow-missing")
+    assert result.exit_code == 0, result.output
+    assert "u1/\\xffimg.png: the file name is not valid UTF-8" in result.output
+    assert "u\\xff2: the user folder name is not valid UTF-8" in result.output
+    users = (tmp_path / "c" / "users.csv").read_text()
+    assert "u1" in users and "u3" in users and "\\x" not in users
+    from core.errors import DataError
+    from data_prep.dataset import discover_users
+
+    with pytest.raises(DataError, match=r"u\\xff2: the folder name is not valid UTF-8"):
+        discover_users([os.fsdecode(os.fsencode(data / "images") + b"/u\xff2")])
