@@ -151,6 +151,7 @@ class RunState(keras.callbacks.Callback):
         super().__init__()
         self.path = run_dir / STATE_FILE
         self.data, self.checkpoint, self.stopping = data, checkpoint, stopping
+        self.restored = False  # set once the run state is back (so the backup was read)
         self.state = {"epochs": {}, "done": False}
         if resume and self.path.is_file():
             self.state = json.loads(self.path.read_text())
@@ -158,6 +159,7 @@ class RunState(keras.callbacks.Callback):
     def restore(self) -> None:
         epoch = int(getattr(self.model, "_initial_epoch", 0) or 0)
         self.data.restart(epoch)
+        self.restored = True
         if not epoch:
             return
         saved = self.state["epochs"].get(str(epoch))
@@ -235,7 +237,9 @@ def trainer_callbacks(run_dir: Path, train_data, val_data, config, *, resume: bo
                 if config.patience else None)
     state = RunState(run_dir, train_data, checkpoint, stopping, resume=resume)
     line = EpochLine(config.epochs, checkpoint) if progress else None
-    backup = keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True)
+    # double_checkpoint: the previous epoch's backup is kept, and used if the last one is torn
+    backup = keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=True,
+                                              double_checkpoint=True)
     # At each epoch's end the run state is written before the backup; at the start,
     # BackupAndRestore restores the epoch before Resume reads it.
     ordered = [scores, checkpoint, stopping, HistoryCSV(run_dir / HISTORY_FILE), line, state, backup,

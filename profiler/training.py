@@ -223,9 +223,16 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     own, state = trainer_callbacks(run_dir, train_data, val_data, config, resume=resume, progress=progress,
                                    saved=model)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
-        fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
-                   verbose=1 if progress and sys.stderr.isatty() else 0)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
+            fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
+                       verbose=1 if progress and sys.stderr.isatty() else 0)
+    except OSError as exc:
+        if resume and not state.restored:  # BackupAndRestore failed to read the backup
+            raise RunStateError(f"{run_dir / BACKUP_DIR}: the training backup cannot be read ({exc}); the run "
+                                "was killed while writing it and there is no earlier one. Delete "
+                                f"{run_dir} to train again from the start") from exc
+        raise
     elapsed = time.perf_counter() - start
     from profiler.models.io import save_model
 

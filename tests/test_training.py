@@ -72,6 +72,32 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
         train(cache, tmp_path / "cut", config, progress=False, resume=True)
 
 
+def test_a_torn_backup_falls_back_to_the_one_before(cache, tmp_path):
+    """Killed while Keras wrote the last epoch's backup: resume from the epoch before, same result."""
+    config = tiny()
+    train(cache, tmp_path / "whole", config, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # 5 steps an epoch: stop in the middle of epoch 3
+        train(cache, tmp_path / "cut", config, progress=False, callbacks=[interrupt_after(12)])
+    latest = tmp_path / "cut" / "backup" / "latest.weights.h5"
+    assert (tmp_path / "cut" / "backup" / "latest.weights.h5.bkp").is_file()
+    latest.write_bytes(latest.read_bytes()[:1000])  # torn
+    train(cache, tmp_path / "cut", config, progress=False, resume=True)
+    a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / "cut" / "last.keras")
+    assert all(np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights()))
+    whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(whole, pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds"))
+
+
+def test_a_torn_backup_with_none_before_is_a_clean_error(cache, tmp_path):
+    config = tiny()
+    with pytest.raises(KeyboardInterrupt):  # in epoch 2: only epoch 1's backup exists
+        train(cache, tmp_path / "cut", config, progress=False, callbacks=[interrupt_after(7)])
+    latest = tmp_path / "cut" / "backup" / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(RunStateError, match="the training backup cannot be read"):
+        train(cache, tmp_path / "cut", config, progress=False, resume=True)
+
+
 def test_unknown_setting_suggests(cache, tmp_path):
     result = CliRunner().invoke(main, ["train", str(cache.root), "--run-dir", str(tmp_path / "r"),
                                        "--set", "learning_rat=0.1"])
