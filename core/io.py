@@ -2,12 +2,15 @@
 
 A replaced file keeps its permissions; a new one gets those the umask gives (the
 temporary file's private 0600 is not left behind). Temporary names are short enough
-beside any legal file name.
+beside any legal file name and carry the writer's process id, so that what a killed
+run left (a temporary file, a half-built or an old folder) is removed by the next
+write to the same destination, and nothing a live process is writing.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -31,6 +34,33 @@ def _prefix(path: Path) -> str:
     return f".{os.fsencode(path.name)[:100].decode(errors='ignore')}."
 
 
+STALE = re.compile(r"(?:(\d+)\.[^.]+\.tmp|tmp-(\d+)-[^.]+|old-(\d+))")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(path: Path) -> None:
+    """Remove what dead processes left beside ``path`` (their temporary files and folders)."""
+    prefix = _prefix(path)
+    for stale in path.parent.glob(f"{glob_escape(prefix)}*"):
+        match = STALE.fullmatch(stale.name[len(prefix):])
+        if match is None or _alive(int(next(g for g in match.groups() if g))):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
@@ -39,7 +69,8 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -72,9 +103,8 @@ def atomic_dir(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{glob_escape(_prefix(path))}tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}tmp-", dir=path.parent))
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
     except BaseException:

@@ -124,3 +124,22 @@ def test_names_that_are_not_utf8_are_left_out_with_a_warning(tmp_path):
 
     with pytest.raises(DataError, match=r"u\\xff2: the folder name is not valid UTF-8"):
         discover_users([os.fsdecode(os.fsencode(data / "images") + b"/u\xff2")])
+
+
+def test_what_a_killed_writer_left_is_removed_and_a_live_writers_files_are_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    target = tmp_path / "out.txt"
+    left = [tmp_path / f".out.txt.{dead}.abc123.tmp", tmp_path / f".out.txt.tmp-{dead}-xyz"]
+    left[0].write_text("half")
+    left[1].mkdir()
+    live = tmp_path / f".out.txt.{os.getpid()}.zzz999.tmp"
+    live.write_text("being written")
+    other = tmp_path / f".out.txt.1.{dead}.abc.tmp"  # the temporary file of "out.txt.1", not ours
+    other.write_text("x")
+    atomic_write_text(target, "done")
+    assert target.read_text() == "done" and not any(p.exists() for p in left)
+    assert live.exists() and other.exists()
