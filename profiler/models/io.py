@@ -25,10 +25,10 @@ def load_model(path: str | Path, *, compile: bool = False):
 
     ``compile=False`` (the default) also loads files saved under another backend.
     """
-    import keras
-
+    from profiler.backend import import_keras
     from profiler.models import register
 
+    keras = import_keras()  # quietly, with the backend's settings
     register()  # Keras learns the custom classes
 
     path = Path(path)
