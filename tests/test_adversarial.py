@@ -143,3 +143,26 @@ def test_what_a_killed_writer_left_is_removed_and_a_live_writers_files_are_kept(
     atomic_write_text(target, "done")
     assert target.read_text() == "done" and not any(p.exists() for p in left)
     assert live.exists() and other.exists()
+
+
+def test_a_weights_file_cannot_run_code(tmp_path):
+    import pickle
+
+    from profiler.encoders.torch_pickle import MAGIC, load_state_dict
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    for position in range(3):  # in the magic number's place, the protocol's, the system info's
+        header = [MAGIC, 1001, {"little_endian": True}]
+        header[position] = Evil()
+        path = tmp_path / f"evil{position}.pth"
+        path.write_bytes(b"".join(pickle.dumps(part) for part in header))
+        with pytest.raises(pickle.UnpicklingError, match="unsupported object"):
+            load_state_dict(path)
+    assert not (tmp_path / "ran").exists()
+    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder
+
+    real = load_state_dict(EfficientNetLite0Encoder().weights_path)  # the real file still loads
+    assert real["_fc.weight"].shape == (1000, 1280)

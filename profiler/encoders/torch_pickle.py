@@ -3,7 +3,9 @@
 The format is a pickle stream: a magic number, a protocol version, system info, the
 state dict (whose tensors refer to storages by key), the list of storage keys, then each
 storage's raw little-endian bytes preceded by its element count. Only what a plain
-``state_dict`` of dense CPU tensors needs is understood; anything else is an error.
+``state_dict`` of dense CPU tensors needs is understood; anything else is an error. No
+part of the file can name a class to construct beyond those (a replaced weights file runs
+no code).
 """
 from __future__ import annotations
 
@@ -27,6 +29,17 @@ class _Storage:
 
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_):
     return ("tensor", storage, offset, tuple(size), tuple(stride))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Plain values only (numbers, strings, lists, dicts): the header and the storage keys."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"unsupported object in a PyTorch file's header: {module}.{name}")
+
+
+def _plain(f):
+    return _PlainUnpickler(f).load()
 
 
 class _Unpickler(pickle.Unpickler):
@@ -53,13 +66,13 @@ class _Unpickler(pickle.Unpickler):
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """The tensors of a legacy ``.pth`` state dict as NumPy arrays, by name."""
     with open(path, "rb") as f:
-        if pickle.load(f) != MAGIC:
+        if _plain(f) != MAGIC:
             raise ValueError(f"{path}: not a legacy PyTorch file")
-        pickle.load(f)  # protocol version
-        pickle.load(f)  # system info
+        _plain(f)  # protocol version
+        _plain(f)  # system info
         unpickler = _Unpickler(f)
         state = unpickler.load()
-        keys = pickle.load(f)
+        keys = _plain(f)
         for key in keys:
             storage = unpickler.storages[key]
             (numel,) = struct.unpack("<q", f.read(8))
