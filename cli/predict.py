@@ -11,6 +11,8 @@ from profiler.prediction import OUTPUT_FORMATS
 
 #: exit code when some users could not be profiled (no usable image)
 EXIT_SOME_FAILED = 3
+#: unreadable files named per user on stderr (the output formats list them all)
+SHOWN_SKIPPED = 5
 
 
 @click.command()
@@ -64,6 +66,11 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
             for rows in iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
                                          workers=workers, progress=not quiet):
                 for row in rows:
+                    for item in row["skipped"][:SHOWN_SKIPPED]:  # in every format, on stderr
+                        click.echo(f"warning: {item['file']}: {item['reason']}; skipped", err=True)
+                    if len(row["skipped"]) > SHOWN_SKIPPED:
+                        click.echo(f"warning: {row['user_id']}: {len(row['skipped']) - SHOWN_SKIPPED} more "
+                                   "files skipped", err=True)
                     if row["error"]:
                         failed += 1
                         click.echo(f"warning: {row['user_id']}: {row['error']}; not profiled", err=True)

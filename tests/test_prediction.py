@@ -60,6 +60,7 @@ def test_submission_output_scores(setup, tmp_path):
     result = run("predict", data, "--model", model, "-q", "--format", "submission", "-o", out)
     assert result.exit_code == 3  # the empty folder
     assert len(out.read_text().splitlines()) == 4
+    assert "zz_broken.jpg: corrupt image: truncated file" in result.stderr  # named in every format
     scored = run("score", "--truth", data / "truth.txt", out, "--ignore-extra")
     assert scored.exit_code == 0, scored.output
     assert "Table 1. Gender" in scored.stdout
