@@ -136,8 +136,12 @@ def load_submission(path: str | Path, truth: pd.DataFrame, *, name: str | None =
     name = name or path.stem
     try:
         parsed = read_label_file(path, fmt=fmt)
-    except DataError as exc:
-        return Submission(name, path, _empty(), [Problem(str(path), None, str(exc).split(": ", 1)[-1])])
+    except DataError as exc:  # keep the line the reader named, if any
+        import re
+
+        found = re.match(rf"{re.escape(str(path))}(?::(\d+))?: (.*)", str(exc), re.S)
+        line = int(found.group(1)) if found and found.group(1) else None
+        return Submission(name, path, _empty(), [Problem(str(path), line, found.group(2) if found else str(exc))])
     problems = [Problem(p.path, p.line, p.message, "error") for p in parsed.problems]
     table = parsed.table
     extra = table[~table["user_id"].isin(truth.index)]

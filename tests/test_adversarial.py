@@ -166,3 +166,11 @@ def test_a_weights_file_cannot_run_code(tmp_path):
 
     real = load_state_dict(EfficientNetLite0Encoder().weights_path)  # the real file still loads
     assert real["_fc.weight"].shape == (1000, 1280)
+
+
+def test_a_submission_that_is_not_utf8_is_refused_with_its_line(tmp_path):
+    data = make_dataset(tmp_path / "d", {"a": 1, "b": 1})
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes("a:::female:::center:::arts\nb:::m\u00e4le:::north:::sports\n".encode("latin-1"))
+    result = run("score", "-t", data / "truth.txt", bad)
+    assert result.exit_code == 1 and f"{bad}:2: error: not UTF-8 text" in result.output
