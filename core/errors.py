@@ -63,6 +63,14 @@ class ModelFileError(ProfilerError):
     """A model file that cannot be loaded safely, or that does not fit the inputs given."""
 
 
+def clip(value, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (a 5 MB label is not echoed)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(value) if isinstance(value, str) else len(text):,} characters)"
+
+
 def listing(items: list[str], limit: int = 10) -> str:
     """``items`` joined by commas, the first ``limit`` only, then how many there are in all."""
     return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")

@@ -10,6 +10,8 @@ import difflib
 import functools
 import unicodedata
 
+from core.errors import clip
+
 TRAITS: tuple[str, ...] = ("gender", "location", "occupation")
 
 LABELS: dict[str, tuple[str, ...]] = {
@@ -60,10 +62,10 @@ class UnknownLabel(ValueError):
     def __init__(self, trait: str, value: str):
         self.trait = trait
         self.value = value
-        self.suggestions = suggest(value, known_spellings(trait))
+        self.suggestions = suggest(value, known_spellings(trait)) if len(value) <= 100 else []
         hint = f" (did you mean {self.suggestions[0]!r}?)" if self.suggestions else ""
         allowed = ", ".join(LABELS[trait])
-        super().__init__(f"unknown {trait} label {value!r}{hint}; expected one of: {allowed}")
+        super().__init__(f"unknown {trait} label {clip(value)}{hint}; expected one of: {allowed}")
 
 
 def known_spellings(trait: str) -> list[str]:

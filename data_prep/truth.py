@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.errors import DataError, Problem
+from core.errors import DataError, Problem, clip
 from core.labels import TRAITS, UnknownLabel, normalize_label
 
 FORMATS = ("txt", "csv", "jsonl")
@@ -213,7 +213,7 @@ def _validate_rows(path: Path, rows, problems: list[Problem]) -> pd.DataFrame:
                 Problem(
                     str(path),
                     number,
-                    f"duplicate user {user_id!r} (first seen on line {first_line[user_id]})",
+                    f"duplicate user {clip(user_id)} (first seen on line {first_line[user_id]})",
                 )
             )
             continue
@@ -248,7 +248,7 @@ def label_line(values, path: str | Path) -> str:
     for value in values:
         if SEPARATOR in value or "\n" in value or "\r" in value:
             shown = value if len(value) <= 60 else value[:57] + "..."
-            raise DataError(f"{path}: {shown!r} cannot be written in the txt format (it holds "
+            raise DataError(f"{path}: {clip(shown)} cannot be written in the txt format (it holds "
                             f"{SEPARATOR!r} or a line break); nothing was written; use csv or jsonl")
     return SEPARATOR.join(values) + "\n"
 

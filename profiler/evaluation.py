@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from core.errors import DataError, Problem
+from core.errors import DataError, Problem, clip
 from core.labels import LABELS, TRAITS
 from core.metrics import AVERAGES, F_MEASURES, MISSING, check_options, encode, trait_scores  # noqa: F401
 from data_prep.truth import read_label_file, read_text
@@ -147,7 +147,7 @@ def load_submission(path: str | Path, truth: pd.DataFrame, *, name: str | None =
     extra = table[~table["user_id"].isin(truth.index)]
     for row in extra.itertuples():
         problems.append(Problem(str(path), int(row.line),
-                                f"user {row.user_id!r} is not in the truth file"
+                                f"user {clip(row.user_id)} is not in the truth file"
                                 + ("; ignored" if ignore_extra else " (use --ignore-extra to ignore it)"),
                                 "warning" if ignore_extra else "error"))
     predictions = table[table["user_id"].isin(truth.index)].set_index("user_id")[list(TRAITS)]

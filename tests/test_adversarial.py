@@ -174,3 +174,11 @@ def test_a_submission_that_is_not_utf8_is_refused_with_its_line(tmp_path):
     bad.write_bytes("a:::female:::center:::arts\nb:::m\u00e4le:::north:::sports\n".encode("latin-1"))
     result = run("score", "-t", data / "truth.txt", bad)
     assert result.exit_code == 1 and f"{bad}:2: error: not UTF-8 text" in result.output
+
+
+def test_a_huge_label_is_not_echoed_whole(tmp_path):
+    data = make_dataset(tmp_path / "d", {"u00": 1})
+    big = tmp_path / "big.txt"
+    big.write_text("u00:::" + "x" * 5_000_000 + ":::center:::arts\n")
+    result = run("score", "-t", data / "truth.txt", big)
+    assert result.exit_code == 1 and "(5,000,000 characters)" in result.output and len(result.output) < 2000
