@@ -131,7 +131,7 @@ def before_after(quick: bool) -> list[dict]:
             path = Path(tmp) / f"{name}.keras"
             save_model(model, path)
             for label, kind in (("before: eager call", EagerPredictor), ("after: compiled", Predictor)):
-                predictor = kind(*_loaded(path))
+                predictor = kind.load(path)
                 list(iter_predictions(users[:1], predictor))  # warm-up
                 one = timed(lambda: list(iter_predictions(users[:1], predictor)), 3 if quick else 10)
                 many = timed(lambda: list(iter_predictions(users, predictor, workers=default_workers())),
@@ -141,13 +141,6 @@ def before_after(quick: bool) -> list[dict]:
                 out.append(figure("predict", f"{name}: {n_users} users (decode + model), {label}",
                                   [n_users / t for t in many], "users/s"))
     return out
-
-
-def _loaded(path):
-    from profiler.models.io import load_model, model_info
-
-    model = load_model(path)
-    return model, model_info(model)
 
 
 def latency(quick: bool) -> list[dict]:
