@@ -28,13 +28,11 @@ from core.errors import RunStateError
 from core.io import atomic_write_text
 from core.labels import TRAITS
 from profiler.backend import import_keras
+from profiler.training import BACKUP_DIR, HISTORY_FILE, STATE_FILE
 
 keras = import_keras()
 
 MONITOR = "val_mean_macro_f"
-STATE_FILE = "train_state.json"
-HISTORY_FILE = "history.csv"
-BACKUP_DIR = "backup"
 
 
 class ValidationScores(keras.callbacks.Callback):

@@ -38,7 +38,8 @@ from core.io import atomic_write_text
 from core.labels import LABELS, TRAITS
 from profiler.config import TrainConfig
 
-STATE_FILE = "train_state.json"  # the names are profiler.callbacks'; here without loading Keras
+#: a run directory's files (``profiler.callbacks`` writes them)
+STATE_FILE = "train_state.json"
 HISTORY_FILE = "history.csv"
 BACKUP_DIR = "backup"
 
