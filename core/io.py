@@ -34,7 +34,7 @@ def _prefix(path: Path) -> str:
     return f".{os.fsencode(path.name)[:100].decode(errors='ignore')}."
 
 
-STALE = re.compile(r"(?:(\d+)\.[^.]+\.tmp|tmp-(\d+)-[^.]+|old-(\d+))")
+STALE = re.compile(r"(?:(\d+)\.[^.]+\.tmp(?:\.\w+)?|tmp-(\d+)-[^.]+|old-(\d+))")
 
 
 def _alive(pid: int) -> bool:
@@ -62,15 +62,17 @@ def remove_stale(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    ``suffix`` ends the temporary name, for writers that insist on an extension
+    (Keras' ``.keras``, LiteRT's ``.tflite``). On an exception the temporary file is
+    removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

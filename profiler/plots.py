@@ -44,12 +44,17 @@ def confusion_heatmap(scores: dict, path: str | Path, *, title: str) -> Path:
     return save_figure(fig, path)
 
 
+def file_slug(name: str) -> str:
+    """A system's name as part of a file name: every character but letters and digits made ``_``."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
 def confusion_heatmaps(results: dict, folder: str | Path) -> list[Path]:
     """``confusion_<system>_<trait>.png`` in ``folder`` for each system's scores in ``results``
     (the system's name with every character but letters and digits made ``_``)."""
     written = []
     for name, result in results.items():
-        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        slug = file_slug(name)
         for trait, scores in result["traits"].items():
             written.append(confusion_heatmap(scores, Path(folder) / f"confusion_{slug}_{trait}.png",
                                              title=f"{name}: {trait}"))

@@ -83,14 +83,13 @@ def calibration_table(reports: dict[str, dict]) -> str:
 
 def write_calibration(reports: dict[str, dict], out: Path) -> None:
     """``calibration.json`` (the figures) and a reliability diagram per system."""
-    from profiler.plots import reliability_diagram
+    from profiler.plots import file_slug, reliability_diagram
 
     figures = {name: {t: {k: v for k, v in r.items() if k != "arrays"} for t, r in report.items()}
                for name, report in reports.items()}
     atomic_write_text(out / "calibration.json", json.dumps(figures, indent=2) + "\n")
     for name, report in reports.items():
-        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
-        reliability_diagram({t: r["arrays"] for t, r in report.items()}, out / f"reliability_{slug}.png",
+        reliability_diagram({t: r["arrays"] for t, r in report.items()}, out / f"reliability_{file_slug(name)}.png",
                             title=name)
 
 

@@ -133,9 +133,11 @@ def test_what_a_killed_writer_left_is_removed_and_a_live_writers_files_are_kept(
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
     target = tmp_path / "out.txt"
-    left = [tmp_path / f".out.txt.{dead}.abc123.tmp", tmp_path / f".out.txt.tmp-{dead}-xyz"]
+    left = [tmp_path / f".out.txt.{dead}.abc123.tmp", tmp_path / f".out.txt.tmp-{dead}-xyz",
+            tmp_path / f".out.txt.{dead}.def456.tmp.keras"]  # a writer that needs an extension
     left[0].write_text("half")
     left[1].mkdir()
+    left[2].write_text("half")
     live = tmp_path / f".out.txt.{os.getpid()}.zzz999.tmp"
     live.write_text("being written")
     other = tmp_path / f".out.txt.1.{dead}.abc.tmp"  # the temporary file of "out.txt.1", not ours

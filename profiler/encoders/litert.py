@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -105,6 +103,7 @@ class LiteRTEncoder(Encoder):
         path = self.model_path
         if path.is_file():
             return path
+        from core.io import atomic_path
         from profiler.backend import import_keras, quiet_stderr
 
         import_keras()
@@ -116,16 +115,8 @@ class LiteRTEncoder(Encoder):
             options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                        "representative_dataset": lambda: ([x] for x in inputs),
                        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tflite", dir=path.parent)
-        os.close(fd)
-        try:
-            with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
-                self.base.network.export(tmp, format="litert", verbose=False, **options)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path, suffix=".tflite") as tmp, quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
+            self.base.network.export(str(tmp), format="litert", verbose=False, **options)
         return path
 
     @cached_property

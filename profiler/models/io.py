@@ -13,10 +13,8 @@ def save_model(model, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"model files end in .keras, not {path.suffix!r}")
-    with atomic_path(path) as tmp:
-        keras_tmp = tmp.with_suffix(".keras")
-        model.save(keras_tmp)
-        keras_tmp.replace(tmp)
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
     return path
 
 
