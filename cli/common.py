@@ -56,6 +56,25 @@ def embeddings_option():
                              "$PROFILER_CACHE_DIR/embeddings.sqlite, or ~/.cache/profiler/embeddings.sqlite]")
 
 
+def spark_options(what: str):
+    """``--engine``, ``--master``, ``--partitions``: run the job on this machine or on Spark."""
+    def decorate(function):
+        for option in reversed((
+            click.option("--engine", type=Choice(["local", "spark"]), default="local",
+                         help=f"{what} in this process ('local') or on Apache Spark ('spark': pip install "
+                              "'profiler[spark]'; needs Java 17+)."),
+            click.option("--master", default="local[*]",
+                         help="With --engine spark: the Spark master. local[*] uses this machine's cores "
+                              "(local[2]: two); spark://HOST:7077, yarn or k8s://... a cluster."),
+            click.option("--partitions", type=click.IntRange(1, 10_000_000), default=None,
+                         help="With --engine spark: slices of the user list  [default: two per core, "
+                              "at most 2,000 users each]"),
+        )):
+            function = option(function)
+        return function
+    return decorate
+
+
 def echo_problems(problems) -> None:
     """Print problems (file:line: severity: message) to stderr."""
     for problem in problems:

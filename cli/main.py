@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
+from cli.embed import embed
 from cli.evaluate import demo, evaluate
 from cli.predict import predict
 from cli.prepare import prepare
@@ -69,5 +70,5 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-for command in (sample_data, prepare, train, predict, score, evaluate, demo):
+for command in (sample_data, prepare, train, predict, embed, score, evaluate, demo):
     main.add_command(command)

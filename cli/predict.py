@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.common import Choice, embeddings_option, output_option, quiet_option, workers_option
+from cli.common import Choice, embeddings_option, quiet_option, spark_options, workers_option
 from profiler.prediction import OUTPUT_FORMATS
 
 #: exit code when some users could not be profiled (no usable image)
@@ -20,18 +20,23 @@ SHOWN_SKIPPED = 5
 @click.option("--model", "-m", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help="A .keras model from 'profiler train' (its run directory's model.keras): "
                    "the set model (the default of 'profiler train') or Model 1/2.")
-@click.option("--format", "fmt", type=Choice(OUTPUT_FORMATS), default="json",
+@click.option("--format", "fmt", type=Choice(OUTPUT_FORMATS + ("parquet",)), default=None,
               help="json/jsonl: labels and probabilities; csv: one flat row per user; "
-                   "submission: user_id:::gender:::location:::occupation for 'profiler score'.")
-@output_option("Write results to this file (atomically) instead of stdout.")
+                   "submission: user_id:::gender:::location:::occupation for 'profiler score'; "
+                   "parquet (--engine spark): a folder of Parquet parts, one row per user  "
+                   "[default: json; parquet with --engine spark]")
+@click.option("--output", "-o", type=click.Path(), default=None,
+              help="Write results to this file (a folder for parquet), atomically, instead of stdout.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, help="Users decoded per batch.")
 @click.option("--tta", type=click.IntRange(0, 64), default=0,
               help="Average over this many random choices/orders of each user's images (0: none).")
 @click.option("--seed", type=int, default=0, help="Seed for --tta.")
 @workers_option(default="1 for a few users, else the usable cores")
 @embeddings_option()
+@spark_options("Profile")
 @quiet_option()
-def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, store_path, quiet):
+def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, store_path, engine, master,
+            partitions, quiet):
     """Profile the users in PATHS: user image folders and/or dataset folders.
 
     Each user gets a label and the probability of every class for gender, location and
@@ -40,31 +45,77 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
     "filled"). Unreadable files are listed per user; a user with no usable image gets
     an error entry and the run goes on.
 
+    With --engine spark the same job runs on Apache Spark (pip install 'profiler[spark]'):
+    the users are listed here and profiled by Spark's workers, each loading the model
+    once; --master local[*] uses this machine's cores, a cluster URL a cluster (whose
+    workers must see the image files at the same paths). The answers are the same.
+
     Exit codes: 0 every user profiled; 3 some users could not be profiled; 1 bad input;
     2 usage error.
 
-    Example:
+    Examples:
 
     \b
         profiler predict data/sample/test --model runs/demo/set/model.keras --format submission -o set.txt
+        profiler predict data/sample/test --model runs/demo/set/model.keras --engine spark -o set.parquet
     """
-    from core.io import atomic_path
+    from pathlib import Path
+
     from data_prep.cache import default_workers
     from data_prep.dataset import discover_users
-    from profiler.prediction import PredictionWriter, Predictor, iter_predictions
+    from profiler.prediction import Predictor, iter_predictions
 
+    fmt = fmt or ("parquet" if engine == "spark" else "json")
+    if fmt == "parquet" and (engine != "spark" or not output):
+        raise click.UsageError("--format parquet needs --engine spark and --output (a folder)")
+    if output and fmt != "parquet" and Path(output).is_dir():
+        raise click.UsageError(f"--output {output}: a folder; the {fmt} format writes a file")
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))
-    predictor = Predictor.load(model_path, store=store_path)
-    if workers is None:
-        workers = default_workers() if len(users) >= 4 * batch_size else 1
+    predictor = Predictor.load(model_path, store=store_path)  # a bad model file fails here, on the driver
+    labels = predictor.info["labels"]
+    if engine == "spark":
+        from profiler import spark as engine_spark
+
+        predictor.reader.close()
+        spark = engine_spark.session(master, batch_users=batch_size)
+        try:
+            frame = engine_spark.predict_frame(spark, users, model_path, labels, partitions=partitions, tta=tta,
+                                               seed=seed, store=store_path)
+            if fmt == "parquet":
+                engine_spark.write_parquet(frame, output)
+                counts = spark.read.parquet(output).selectExpr("count(error)", "sum(size(skipped))").first()
+                failed, skipped = counts[0], counts[1] or 0
+                if skipped:
+                    click.echo(f"warning: {skipped} files skipped (see the 'skipped' column)", err=True)
+            else:
+                failed = _write(engine_spark.ordered_rows(frame, labels), fmt, labels, output)
+        finally:
+            spark.stop()
+    else:
+        if workers is None:
+            workers = default_workers() if len(users) >= 4 * batch_size else 1
+        failed = _write(iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
+                                         workers=workers, progress=not quiet), fmt, labels, output)
+    if output:
+        click.echo(f"wrote {len(users)} users to {output}", err=True)
+    if failed:
+        click.echo(f"{failed} of {len(users)} users could not be profiled", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _write(batches, fmt: str, labels: dict, output: str | None) -> int:
+    """Write batches of per-user results to ``output`` (atomically) or stdout, naming skipped
+    files and failed users on stderr; return how many users failed."""
+    from core.io import atomic_path
+    from profiler.prediction import PredictionWriter
+
     failed = 0
     with (atomic_path(output) if output else contextlib.nullcontext()) as target:
         with (open(target, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)) as stream:
-            writer = PredictionWriter(stream, fmt, predictor.info["labels"], name=output or "<stdout>")
-            for rows in iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
-                                         workers=workers, progress=not quiet):
+            writer = PredictionWriter(stream, fmt, labels, name=output or "<stdout>")
+            for rows in batches:
                 for row in rows:
                     for item in row["skipped"][:SHOWN_SKIPPED]:  # in every format, on stderr
                         click.echo(f"warning: {item['file']}: {item['reason']}; skipped", err=True)
@@ -76,8 +127,4 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
                         click.echo(f"warning: {row['user_id']}: {row['error']}; not profiled", err=True)
                 writer.write(rows)
             writer.close()
-    if output:
-        click.echo(f"wrote {len(users)} users to {output}", err=True)
-    if failed:
-        click.echo(f"{failed} of {len(users)} users could not be profiled", err=True)
-        sys.exit(EXIT_SOME_FAILED)
+    return failed

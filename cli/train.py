@@ -48,12 +48,17 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
               help="Where to prepare a dataset's cache  [default: RUN_DIR/cache]")
 @workers_option("Decoding processes when preparing")
 @embeddings_option()
+@click.option("--embeddings-from", "imports", multiple=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="Import these embeddings ('profiler embed' output, Parquet) into the embedding cache "
+                   "first: training data embedded elsewhere (a Spark cluster) trains here without "
+                   "embedding again. May be repeated.")
 @click.option("--allow-missing", is_flag=True, help="Leave out truth users with no image folder.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in RUN_DIR from its last finished epoch.")
 @quiet_option("No progress output.")
 def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, seed, size, cache_dir,
-          workers, store_path, allow_missing, resume, quiet):
+          workers, store_path, imports, allow_missing, resume, quiet):
     """Train on DATA: a dataset folder (or, for the 3D CNNs, a prepared cache).
 
     The set model embeds every image once with a frozen pretrained encoder (cached by
@@ -78,6 +83,15 @@ def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, s
             overrides[key] = value
     models = MODEL_CHOICES[model]
     configs = {m: resolve(preset, file=config_file, overrides={**overrides, "model": m}) for m in models}
+    if imports:
+        from profiler.embeddings import EmbeddingStore, import_embeddings
+
+        with EmbeddingStore(store_path) as store:
+            for source in imports:
+                counts = import_embeddings(source, store)
+                for identity, count in counts.items() or {"(none)": 0}.items():
+                    click.echo(f"imported {count} embeddings of {identity} from {source} into {store.path}",
+                               err=True)
     made = {}  # one training data per family: the 3D CNNs share a prepared cache
     for name, config in configs.items():
         family = family_of(name)

@@ -162,6 +162,34 @@ class EmbeddedUser:
         return len(self.vectors)
 
 
+def lookup_or_embed(paths: list[Path], encoder, store: EmbeddingStore, *,
+                    progress: bool = False) -> tuple[list[bytes | str], dict[bytes, np.ndarray | str]]:
+    """The content digest of each file in ``paths`` (or the reason it cannot be read), and
+    the embedding (or the reason the image is unusable) of each digest.
+
+    Only contents the store does not know are decoded and embedded, each once; they are
+    stored chunk by chunk, so a killed run keeps what it embedded.
+    """
+    identity = encoder.identity
+    digests: list[bytes | str] = []
+    for path in paths:
+        try:
+            digests.append(content_digest(path))
+        except ImageError as exc:
+            digests.append(exc.reason)
+    known = store.get(identity, [d for d in digests if isinstance(d, bytes)])
+    missing = {d: path for d, path in zip(digests, paths) if isinstance(d, bytes) and d not in known}
+    if missing:
+        digest_of = {path: d for d, path in missing.items()}
+
+        def keep(chunk: list[Path], results: list) -> None:
+            store.put(identity, {digest_of[p]: r for p, r in zip(chunk, results)})
+
+        computed = compute_embeddings(encoder, list(missing.values()), progress=progress, on_chunk=keep)
+        known.update(zip(missing, computed))
+    return digests, known
+
+
 def embed_users(users: list[User], encoder, store: EmbeddingStore, *,
                 max_images: int = DEFAULT_MAX_IMAGES, progress: bool = False) -> list[EmbeddedUser]:
     """Each user's embeddings (``EmbeddedUser.vectors``, shape (k, dim)), through ``store``.
@@ -170,7 +198,6 @@ def embed_users(users: list[User], encoder, store: EmbeddingStore, *,
     files are listed in ``skipped``. Only images the store does not know are decoded
     and embedded, each distinct content once.
     """
-    identity = encoder.identity
     orders = [candidate_order(len(u.files), max_images) for u in users]
     position = [0] * len(users)
     vectors: list[list[np.ndarray]] = [[] for _ in users]
@@ -185,23 +212,7 @@ def embed_users(users: list[User], encoder, store: EmbeddingStore, *,
             wanted.extend((i, user.files[j]) for j in take)
         if not wanted:
             break
-        digests: list[bytes | str] = []
-        for _, path in wanted:
-            try:
-                digests.append(content_digest(path))
-            except ImageError as exc:
-                digests.append(exc.reason)
-        keys = [d for d in digests if isinstance(d, bytes)]
-        known = store.get(identity, keys)
-        missing = {d: path for d, (_, path) in zip(digests, wanted) if isinstance(d, bytes) and d not in known}
-        if missing:
-            digest_of = {path: d for d, path in missing.items()}
-
-            def keep(paths: list[Path], results: list) -> None:
-                store.put(identity, {digest_of[p]: r for p, r in zip(paths, results)})
-
-            computed = compute_embeddings(encoder, list(missing.values()), progress=progress, on_chunk=keep)
-            known.update(zip(missing, computed))
+        digests, known = lookup_or_embed([path for _, path in wanted], encoder, store, progress=progress)
         for digest, (i, path) in zip(digests, wanted):
             value = known[digest] if isinstance(digest, bytes) else digest
             if isinstance(value, str):
@@ -309,3 +320,106 @@ class EmbeddedData:
     def summary(self) -> str:
         return (f"{self.root}: {len(self)} users, {len(self.vectors)} image embeddings from "
                 f"{self.encoder} ({self.skipped} files skipped)" + (f"; {self.note}" if self.note else ""))
+
+
+# --- embeddings as Parquet: made on many machines, imported into one cache ----------------
+
+#: the columns of an embeddings Parquet file (``profiler embed``), one row per image file
+EMBEDDING_COLUMNS = ("user_id", "file", "digest", "encoder", "vector", "reason")
+#: the Arrow schema of those columns, as Spark writes it too
+EMBEDDING_SCHEMA = ("user_id string, file string, digest string, encoder string, vector array<float>, "
+                    "reason string")
+
+
+def embedding_rows(users: list[User], encoder, store: EmbeddingStore, *, progress: bool = False):
+    """One row per image file of ``users`` (``EMBEDDING_COLUMNS``), embedded through ``store``.
+
+    ``digest`` is the SHA-256 of the file's bytes in hex (None if unreadable), ``vector``
+    the embedding, or None with the ``reason`` the file is unusable.
+    """
+    import pandas as pd
+
+    pairs = [(u.user_id, path) for u in users for path in u.files]
+    digests, known = lookup_or_embed([path for _, path in pairs], encoder, store, progress=progress)
+    records = []
+    for (user_id, path), digest in zip(pairs, digests):
+        value = known[digest] if isinstance(digest, bytes) else digest
+        usable = not isinstance(value, str)
+        records.append((user_id, str(path), digest.hex() if isinstance(digest, bytes) else None,
+                        encoder.identity, value.astype(np.float32) if usable else None,
+                        None if usable else value))
+    return pd.DataFrame.from_records(records, columns=list(EMBEDDING_COLUMNS))
+
+
+def import_embeddings(path: str | Path, store: EmbeddingStore, *, batch_rows: int = 4096) -> dict[str, int]:
+    """Put the embeddings of a Parquet file or folder (``profiler embed``'s output) in ``store``.
+
+    Every row is checked before anything is stored (a first pass): a 64-hex-digit
+    digest, an encoder identity, and either a finite vector of the same length as that
+    encoder's others or a reason. Rows without a digest (unreadable files) are left out.
+    The second pass stores the rows batch by batch, so memory stays flat for any size.
+    Returns the number of rows stored per encoder identity.
+    """
+    counts: dict[str, int] = {}
+    for encoder, _ in _parquet_entries(path, batch_rows):
+        counts[encoder] = counts.get(encoder, 0) + 1
+    batch: dict[str, dict] = {}
+    for n, (encoder, entry) in enumerate(_parquet_entries(path, batch_rows), 1):
+        batch.setdefault(encoder, {}).update([entry])
+        if n % batch_rows == 0:
+            for name, entries in batch.items():
+                store.put(name, entries)
+            batch = {}
+    for name, entries in batch.items():
+        store.put(name, entries)
+    return counts
+
+
+def _parquet_entries(path: str | Path, batch_rows: int):
+    """Yield ``(encoder, (digest bytes, vector or reason))`` from an embeddings Parquet, checked."""
+    try:
+        import pyarrow.dataset as ds
+    except ImportError as exc:
+        raise DataError("reading Parquet needs pyarrow: pip install 'profiler[spark]'") from exc
+    import re
+
+    from core.errors import clip
+
+    path = Path(path)
+    dims: dict[str, int] = {}
+    row = 0
+    try:
+        dataset = ds.dataset(path, format="parquet")
+        missing = [c for c in ("digest", "encoder", "vector", "reason") if c not in dataset.schema.names]
+        if missing:
+            raise DataError(f"{path}: not an embeddings file of 'profiler embed' (no column "
+                            f"{', '.join(missing)}; it has {', '.join(dataset.schema.names[:8])})")
+        for batch in dataset.to_batches(columns=["digest", "encoder", "vector", "reason"], batch_size=batch_rows):
+            columns = batch.to_pydict()
+            for digest, encoder, vector, reason in zip(columns["digest"], columns["encoder"], columns["vector"],
+                                                        columns["reason"]):
+                row += 1
+                where = f"{path}: row {row}"
+                if digest is None:
+                    continue  # the file could not be read: nothing to remember by content
+                if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise DataError(f"{where}: digest {clip(digest)} is not a SHA-256 in hex")
+                if not isinstance(encoder, str) or not encoder or len(encoder) > 200:
+                    raise DataError(f"{where}: no encoder identity (or one over 200 characters)")
+                if vector is None:
+                    if not isinstance(reason, str) or not reason:
+                        raise DataError(f"{where}: neither a vector nor a reason")
+                    value: np.ndarray | str = reason[:500]
+                else:
+                    value = np.asarray(vector, np.float32)
+                    if value.ndim != 1 or not len(value) or not np.all(np.isfinite(value)):
+                        raise DataError(f"{where}: the vector is empty or not finite")
+                    if dims.setdefault(encoder, len(value)) != len(value):
+                        raise DataError(f"{where}: a vector of {len(value)} values, but the other "
+                                        f"vectors of {encoder} have {dims[encoder]}")
+                yield encoder, (bytes.fromhex(digest), value)
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError) as exc:  # pyarrow's errors derive from these
+        raise DataError(f"{path}: not a readable embeddings Parquet ({type(exc).__name__}: "
+                        f"{clip(str(exc), 300)})") from exc

@@ -1,10 +1,12 @@
-"""Test-wide set-up: the embedding cache goes to a temporary folder, and the "tiny" encoder exists."""
+"""Test-wide set-up: the embedding cache goes to a temporary folder, and the "tiny" encoder exists
+(in this process and in any it starts, Spark's workers included: ``PROFILER_PLUGINS``)."""
+import os
+
 import pytest
 
-from profiler.encoders import register_encoder
-from tests.helpers import TinyEncoder
+os.environ["PROFILER_PLUGINS"] = "tests.plugin"
 
-register_encoder("tiny", TinyEncoder)
+import profiler.encoders  # noqa: E402  (imports tests.plugin, which registers "tiny")
 
 
 @pytest.fixture(autouse=True, scope="session")

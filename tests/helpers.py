@@ -95,6 +95,13 @@ class TinyEncoder:
         return np.tanh(inputs @ weights)
 
 
+def register() -> None:
+    """Make encoder "tiny" known (``tests/conftest.py`` and, via ``PROFILER_PLUGINS``, Spark's workers)."""
+    from profiler.encoders import register_encoder
+
+    register_encoder("tiny", TinyEncoder)
+
+
 def interrupt_after(batches: int):
     """A Keras callback that raises ``KeyboardInterrupt`` after ``batches`` training batches, as a kill would."""
     import keras

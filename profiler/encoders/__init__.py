@@ -5,6 +5,10 @@
 EfficientNet-Lite0 (chosen over open_nsfw by ``bench/encoders.py``) run by LiteRT in
 int8 (``litert.py``): much faster than the Keras float network with the set model's
 macro-F within its bootstrap interval (``bench/litert.py``; figures in the README).
+
+Encoders of your own: ``register_encoder`` in a module named in the environment variable
+``PROFILER_PLUGINS`` (comma-separated module names), which this package imports on its
+first use, in every process, so Spark's workers know them too.
 """
 from __future__ import annotations
 
@@ -58,5 +62,20 @@ def get_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
         raise ConfigError(f"unknown encoder {name!r}{hint}; expected one of {', '.join(ENCODERS)}")
     return ENCODERS[base]()
 
+
+def load_plugins() -> None:
+    """Import the modules named in ``PROFILER_PLUGINS`` (each registers its encoders)."""
+    import importlib
+    import os
+
+    for module in filter(None, (m.strip() for m in os.environ.get("PROFILER_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(f"PROFILER_PLUGINS: module {module!r} did not import "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
+load_plugins()
 
 __all__ = ["DEFAULT_ENCODER", "ENCODERS", "Encoder", "get_encoder", "register_encoder"]
