@@ -54,11 +54,15 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
                    "first: training data embedded elsewhere (a Spark cluster) trains here without "
                    "embedding again. May be repeated.")
 @click.option("--allow-missing", is_flag=True, help="Leave out truth users with no image folder.")
+@click.option("--distribute", type=Choice(["none", "mirrored", "multiworker"]), default="none",
+              help="'mirrored': split each batch over this machine's GPUs; 'multiworker': train on "
+                   "several machines at once, running this same command on each with the cluster and "
+                   "its own index in the environment variable TF_CONFIG (worker 0 writes RUN_DIR).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in RUN_DIR from its last finished epoch.")
 @quiet_option("No progress output.")
 def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, seed, size, cache_dir,
-          workers, store_path, imports, allow_missing, resume, quiet):
+          workers, store_path, imports, allow_missing, distribute, resume, quiet):
     """Train on DATA: a dataset folder (or, for the 3D CNNs, a prepared cache).
 
     The set model embeds every image once with a frozen pretrained encoder (cached by
@@ -77,6 +81,10 @@ def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, s
     from profiler.families import family_of
     from profiler.training import train as run_training
 
+    if distribute != "none":  # TensorFlow's collective ops are set up before it runs anything else
+        from profiler.training import distribution
+
+        distribution(distribute)
     overrides = parse_sets(sets)
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed), ("size", size)):
         if value is not None:
@@ -104,5 +112,5 @@ def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, s
         target = run_dir / name if len(models) > 1 else run_dir
         click.echo(f"training {name} ({config.preset} preset) on {len(inputs)} users -> {target}",
                    err=True)
-        summary = run_training(inputs, target, config, resume=resume, progress=not quiet)
+        summary = run_training(inputs, target, config, resume=resume, progress=not quiet, distribute=distribute)
         click.echo(json.dumps({"run": str(target), **summary}))

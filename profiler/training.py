@@ -19,12 +19,20 @@
   epoch on ``--resume`` and ends with the same weights as an uninterrupted run.
 - **Determinism**: every seed is set (``keras.utils.set_random_seed``) and TensorFlow's
   op determinism is enabled.
+- **Many devices, many workers** (``distribute``): TensorFlow's own strategies.
+  "mirrored" (``MirroredStrategy``) splits each batch over this machine's GPUs;
+  "multiworker" (``MultiWorkerMirroredStrategy``, the cluster in ``TF_CONFIG``) runs the
+  same command in every worker, each taking its share of every batch (the batch is
+  drawn whole in each, so the random choices are one run's), the gradients summed
+  across them. Worker 0 (the chief) writes RUN_DIR; the others write beside it in
+  RUN_DIR/worker-N, removed when they finish.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -33,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.errors import DataError, RunStateError
+from core.errors import ConfigError, DataError, RunStateError
 from core.io import atomic_write_text
 from core.labels import LABELS, TRAITS
 from profiler.config import TrainConfig
@@ -42,6 +50,8 @@ from profiler.config import TrainConfig
 STATE_FILE = "train_state.json"
 HISTORY_FILE = "history.csv"
 BACKUP_DIR = "backup"
+#: the ways a run may be spread over devices and machines (``distribution``)
+DISTRIBUTE = ("none", "mirrored", "multiworker")
 
 
 # --- data ------------------------------------------------------------------------------
@@ -77,7 +87,9 @@ class EpochData:
     ``data`` is the family's training data; the family builds each batch's inputs.
     """
 
-    def __init__(self, family, data, positions: np.ndarray, config: TrainConfig, *, train: bool):
+    def __init__(self, family, data, positions: np.ndarray, config: TrainConfig, *, train: bool,
+                 shard: tuple[int, int] = (0, 1)):
+        self.shard, self.shards = shard  # this worker takes rows shard, shard + shards, ... of each batch
         self.family = family
         self.data = data
         self.positions = positions
@@ -116,6 +128,9 @@ class EpochData:
             x = self.family.batch(self.data, chosen, self.config, rng)
             y = {t: self.labels[t][chosen] for t in TRAITS}
             w = {t: self.weights[t][chosen] for t in TRAITS}
+            if self.shards > 1:  # drawn whole (the same random choices as one worker), then shared out
+                mine = slice(self.shard, None, self.shards)
+                x, y, w = x[mine], {t: v[mine] for t, v in y.items()}, {t: v[mine] for t, v in w.items()}
             yield x, y, w
 
     def dataset(self):
@@ -169,6 +184,94 @@ def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
 # --- the run ---------------------------------------------------------------------------
 
 
+def distribution(mode: str):
+    """``(strategy, worker index, workers)`` for ``mode`` (one of ``DISTRIBUTE``); no strategy for "none".
+
+    "multiworker" reads the cluster from ``TF_CONFIG`` (``{"cluster": {"worker": [host:port,
+    ...]}, "task": {"type": "worker", "index": i}}``) and must be set up before TensorFlow
+    runs anything else in the process: call this first (the CLI does); later calls return
+    the same strategy.
+    """
+    if mode in _STRATEGIES:
+        return _STRATEGIES[mode]
+    _STRATEGIES[mode] = _make_distribution(mode)
+    return _STRATEGIES[mode]
+
+
+_STRATEGIES: dict = {}
+
+
+def _make_distribution(mode: str):
+    if mode not in DISTRIBUTE:
+        raise ConfigError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {mode!r}")
+    if mode == "none":
+        return None, 0, 1
+    import tensorflow as tf
+
+    if mode == "mirrored":
+        return tf.distribute.MirroredStrategy(), 0, 1
+    raw = os.environ.get("TF_CONFIG", "")
+    try:
+        spec = json.loads(raw)
+        workers = spec["cluster"]["worker"]
+        task = spec["task"]
+        index = int(task["index"])
+        if task.get("type", "worker") != "worker" or not isinstance(workers, list) or not 0 <= index < len(workers):
+            raise ValueError("the task must be one of the cluster's workers")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError("--distribute multiworker reads the cluster from the environment variable TF_CONFIG, "
+                          "e.g. {\"cluster\": {\"worker\": [\"host1:12345\", \"host2:12345\"]}, "
+                          "\"task\": {\"type\": \"worker\", \"index\": 0}}; "
+                          + ("it is not set" if not raw else f"it is not usable ({exc})")) from exc
+    return tf.distribute.MultiWorkerMirroredStrategy(), index, len(workers)
+
+
+def _distributed(strategy, data: EpochData):
+    """The training batches as ``fit`` takes them: with several workers, each worker's own share
+    as its replica's batch (``distribute_datasets_from_function``: not re-split by TensorFlow)."""
+    if data.shards == 1:
+        return data.dataset()
+    return strategy.distribute_datasets_from_function(lambda context: data.dataset())
+
+
+def _prebuild(model, strategy, data: EpochData) -> None:
+    """Build ``model``'s metrics and optimizer in the strategy's scope from one local batch.
+
+    Keras 3's ``fit`` would build them by reducing a distributed batch across the workers,
+    which fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585); built here,
+    ``fit`` has nothing left to build and skips that step.
+    """
+    x, y, w = next(iter(data.batches()))
+    data.calls -= 1  # that draw was not an epoch
+    with strategy.scope():
+        model._symbolic_build(data_batch=(x, y, w))
+        model.optimizer.build(model.trainable_variables)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+@contextlib.contextmanager
+def _scalar_logs_across_workers(strategy):
+    """While ``fit`` runs under ``MultiWorkerMirroredStrategy``: reduce the step's scalar logs
+    with ``axis=None``. Keras 3 reduces them with ``axis=0``, which fails on scalars
+    (keras-team/keras#20585); the values are the same, the shape is the fix."""
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+
+    def reduce(values, strategy_, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy_):
+            from keras.src import tree
+
+            return tree.map_structure(lambda v: strategy_.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy_, reduction)
+
+    trainer.reduce_per_replica = reduce
+    try:
+        yield
+    finally:
+        trainer.reduce_per_replica = original
+
+
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and the backend; make TensorFlow's ops deterministic."""
     import keras
@@ -181,7 +284,7 @@ def set_determinism(seed: int) -> None:
 
 
 def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
-          progress: bool = True, callbacks=()) -> dict:
+          progress: bool = True, callbacks=(), distribute: str = "none") -> dict:
     """Train one model on ``data`` into ``run_dir``; return the summary.
 
     ``data`` is the training data of the model's family (``profiler.families``): a
@@ -189,15 +292,19 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     family's ``training_data`` makes it from a dataset folder.
 
     ``callbacks`` are extra Keras callbacks, run after the trainer's own (a test's
-    interruption, a progress hook).
+    interruption, a progress hook). ``distribute``: one of ``DISTRIBUTE`` (module docstring).
     """
     from profiler.backend import import_keras
     from profiler.families import family_of
 
     import_keras()
+    strategy, shard, shards = distribution(distribute)
 
     family = family_of(config.model)
     run_dir = Path(run_dir)
+    chief_dir = run_dir
+    if shard:  # not the chief: its own files, beside the chief's
+        run_dir = run_dir / f"worker-{shard}"
     state_path = run_dir / STATE_FILE
     if state_path.is_file() and not resume:
         raise RunStateError(f"{run_dir}: a training run is already here; use --resume to continue "
@@ -214,19 +321,23 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
     set_determinism(config.seed)
     train_pos, val_pos = split_indices(data, config.val_share, config.seed)
-    model = family.build(config, data, train_pos)
-    fitted, fitted_data = family.split(model, data, train_pos)
-    train_data = EpochData(family, fitted_data, train_pos, config, train=True)
-    val_data = EpochData(family, fitted_data, val_pos, config, train=False)
-    compile_model(fitted, config, len(train_data))
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = family.build(config, data, train_pos)
+        fitted, fitted_data = family.split(model, data, train_pos)
+        train_data = EpochData(family, fitted_data, train_pos, config, train=True, shard=(shard, shards))
+        val_data = EpochData(family, fitted_data, val_pos, config, train=False)
+        compile_model(fitted, config, len(train_data))
+    if shards > 1:
+        _prebuild(fitted, strategy, train_data)
     from profiler.callbacks import trainer_callbacks
 
     own, state = trainer_callbacks(run_dir, train_data, val_data, config, resume=resume, progress=progress,
                                    saved=model)
     start = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar: stderr, not stdout
-            fitted.fit(train_data.dataset(), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
+        with contextlib.redirect_stdout(sys.stderr), (  # Keras' progress bar: stderr, not stdout
+                _scalar_logs_across_workers(strategy) if shards > 1 else contextlib.nullcontext()):
+            fitted.fit(_distributed(strategy, train_data), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
                        verbose=1 if progress and sys.stderr.isatty() else 0)
     except OSError as exc:
         if resume and not state.restored:  # BackupAndRestore failed to read the backup
@@ -242,12 +353,16 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     state.finish()
     summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
     summary["calibration"] = calibration
+    summary["distribute"] = {"mode": distribute, "workers": shards,
+                             "replicas": strategy.num_replicas_in_sync if strategy else 1}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     from profiler.plots import training_curves
 
     training_curves(run_dir / HISTORY_FILE, run_dir / "curves.png", title=f"{config.model} ({config.preset})",
                     weighted=config.class_weight != "none")
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    if run_dir != chief_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return summary
 
 
