@@ -24,6 +24,7 @@ the workers run the driver's Python (``PYSPARK_PYTHON``) and a failed task is tr
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import os
@@ -136,7 +137,6 @@ def session(master: str = "local[*]", *, app: str = "profiler", batch_users: int
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no "resolves to a loopback address" warning
-    os.environ.setdefault("PYTHONWARNINGS", f"ignore:{PANDAS_WARNING}:FutureWarning")
     builder = (SparkSession.builder.master(local_master(master)).appName(app)
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
@@ -211,6 +211,7 @@ def _ship(spark, path: Path) -> str:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     name = f"{digest}-{path.name}"
     folder = Path(tempfile.mkdtemp(prefix="profiler-spark-"))
+    atexit.register(shutil.rmtree, folder, True)  # the tasks fetch it while the session lives
     shutil.copyfile(path, folder / name)
     try:
         spark.sparkContext.addFile(str(folder / name))
