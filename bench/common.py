@@ -117,3 +117,15 @@ def stage_main(stage_fn, description: str) -> None:
               f"({f['min']:.3f}-{f['max']:.3f}, {f['runs']} runs)", flush=True)
     if args.json:
         dump(args.json, {"machine": machine(), "figures": figures})
+
+
+def new_users_args(doc: str):
+    """The options of the benchmarks that profile new users: DATASET, --users, --rounds, --out."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", nargs="?", type=Path, default=Path("data/sample/test"))
+    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args()

@@ -13,7 +13,6 @@ see the same machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -23,19 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import machine, new_users_args
 
 RUNTIMES = {"keras (before)": "efficientnet_lite0", "litert int8": "efficientnet_lite0_int8",
             "litert float32": "efficientnet_lite0_float32"}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", nargs="?", type=Path, default=Path("data/sample/test"))
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = new_users_args(__doc__)
     from data_prep.dataset import discover_users
     from profiler.embeddings import EmbeddingStore
     from profiler.encoders import get_encoder

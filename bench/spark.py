@@ -19,7 +19,6 @@ driver's listing rate, for the projection to a million users.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import machine, new_users_args
 
 
 def worker_peaks() -> list[int]:
@@ -56,12 +55,7 @@ def duration(seconds: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", nargs="?", type=Path, default=Path("data/sample/test"))
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = new_users_args(__doc__)
     from data_prep.dataset import discover_users
     from profiler import spark as engine
     from profiler.encoders import DEFAULT_ENCODER, get_encoder
