@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 
 import click
@@ -31,11 +32,16 @@ SHOWN_SKIPPED = 5
 @click.option("--tta", type=click.IntRange(0, 64), default=0,
               help="Average over this many random choices/orders of each user's images (0: none).")
 @click.option("--seed", type=int, default=0, help="Seed for --tta.")
+@click.option("--decide", default="argmax", metavar="RULE",
+              help="How a label is chosen from the probabilities: 'argmax' (the most probable class: "
+                   "the best accuracy), 'balanced' (relative to each class's share of the training users: "
+                   "the best macro-F), or 'precision=P', e.g. precision=0.9 (a class only above a threshold "
+                   "fitted on the validation split to reach precision P; a user above none gets 'unknown').")
 @workers_option(default="1 for a few users, else the usable cores")
 @embeddings_option()
 @spark_options("Profile")
 @quiet_option()
-def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, store_path, engine, master,
+def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, workers, store_path, engine, master,
             partitions, quiet):
     """Profile the users in PATHS: user image folders and/or dataset folders.
 
@@ -73,8 +79,13 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))
-    predictor = Predictor.load(model_path, store=store_path)  # a bad model file fails here, on the driver
+    # a bad model file or rule fails here, on the driver
+    predictor = Predictor.load(model_path, store=store_path, decide=decide)
     labels = predictor.info["labels"]
+    if predictor.decider.rule == "precision":
+        used = predictor.decider.describe()["thresholds"]
+        click.echo(f"--decide {decide}: thresholds from the validation split (none: the class is never "
+                   f"predicted): {json.dumps(used)}", err=True)
     if engine == "spark":
         from profiler import spark as engine_spark
 
@@ -82,7 +93,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, workers, stor
         spark = engine_spark.session(master, batch_users=batch_size)
         try:
             frame = engine_spark.predict_frame(spark, users, model_path, labels, partitions=partitions, tta=tta,
-                                               seed=seed, store=store_path)
+                                               seed=seed, store=store_path, decide=decide)
             if fmt == "parquet":
                 engine_spark.write_parquet(frame, output)
                 counts = spark.read.parquet(output).selectExpr("count(error)", "sum(size(skipped))").first()

@@ -72,6 +72,12 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
     results = {name: evaluation.score(table, preds, average=average, f_measure=f_measure,
                                       bootstrap=bootstrap, seed=seed)
                for name, preds in runs.items()}
+    for name, result in results.items():  # abstentions ("unknown"): counted wrong in the tables, and apart here
+        parts = [f"{t} {r['abstained']} (coverage {r['coverage']:.3f}, accuracy among decided "
+                 f"{r['accuracy_decided'] if r['accuracy_decided'] is None else round(r['accuracy_decided'], 3)})"
+                 for t, r in result["traits"].items() if r["abstained"]]
+        if parts:
+            click.echo(f"{name}: abstained ('unknown', counted wrong) on " + "; ".join(parts), err=True)
     if baselines:
         results.update(evaluation.score_baselines(table, seed=seed, average=average,
                                                   f_measure=f_measure, bootstrap=bootstrap))

@@ -84,6 +84,11 @@ def _fold(value: str) -> str:
     return "".join(ch for ch in text if not unicodedata.combining(ch))
 
 
+#: the label of an abstention (``predict --decide precision=P``); submissions may carry it,
+#: truth files may not, and scoring counts it as a wrong answer and apart
+ABSTAIN = "unknown"
+
+
 @functools.lru_cache(maxsize=4096)
 def normalize_label(trait: str, value: str) -> str:
     """The canonical name of ``value`` for ``trait``; raises ``UnknownLabel`` if unknown.

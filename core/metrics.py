@@ -18,8 +18,10 @@ MISSING = -1
 
 
 def encode(values, trait: str) -> np.ndarray:
-    """Class indices of canonical label names; None/NaN (a missing prediction) -> -1."""
-    return pd.Categorical(values, categories=LABELS[trait]).codes.astype(np.int64)
+    """Class indices of canonical label names; None/NaN (a missing prediction) or an abstention
+    ("unknown") -> -1."""
+    values = pd.Series(values, dtype=object)
+    return pd.Categorical(values.where(values.isin(LABELS[trait])), categories=LABELS[trait]).codes.astype(np.int64)
 
 
 def trait_scores(y_true: np.ndarray, y_pred: np.ndarray, trait: str, *,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import DataError, Problem, clip
-from core.labels import TRAITS, UnknownLabel, normalize_label
+from core.labels import ABSTAIN, TRAITS, UnknownLabel, normalize_label
 
 FORMATS = ("txt", "csv", "jsonl")
 COLUMNS = ("user_id",) + TRAITS
@@ -96,8 +96,10 @@ def detect_format(lines: list[str]) -> str | None:
     return None
 
 
-def read_label_file(path: str | Path, *, fmt: str = "auto") -> LabelFile:
+def read_label_file(path: str | Path, *, fmt: str = "auto", abstain: bool = False) -> LabelFile:
     """Parse a truth or submission file; problems are collected, not raised.
+
+    ``abstain``: a submission, which may say ``unknown`` (``core.labels.ABSTAIN``) for a trait.
 
     Raises ``DataError`` only when the file cannot be read at all or its format
     cannot be recognised.
@@ -123,7 +125,7 @@ def read_label_file(path: str | Path, *, fmt: str = "auto") -> LabelFile:
     parser = {"txt": _parse_txt, "csv": _parse_csv, "jsonl": _parse_jsonl}[fmt]
     problems: list[Problem] = []
     raw_rows = parser(path, lines, problems)
-    return LabelFile(path, fmt, _validate_rows(path, raw_rows, problems), problems)
+    return LabelFile(path, fmt, _validate_rows(path, raw_rows, problems, abstain), problems)
 
 
 def _parse_txt(path: Path, lines: list[str], problems: list[Problem]):
@@ -192,7 +194,7 @@ def _parse_jsonl(path: Path, lines: list[str], problems: list[Problem]):
         yield number, {c: str(record[c]).strip() for c in COLUMNS}
 
 
-def _validate_rows(path: Path, rows, problems: list[Problem]) -> pd.DataFrame:
+def _validate_rows(path: Path, rows, problems: list[Problem], abstain: bool = False) -> pd.DataFrame:
     """Normalise labels, reject empty ids and duplicates; return the good rows."""
     good: list[dict] = []
     first_line: dict[str, int] = {}
@@ -203,6 +205,9 @@ def _validate_rows(path: Path, rows, problems: list[Problem]) -> pd.DataFrame:
             continue
         ok = True
         for trait in TRAITS:
+            if abstain and isinstance(record[trait], str) and record[trait].strip().lower() == ABSTAIN:
+                record[trait] = ABSTAIN
+                continue
             try:
                 record[trait] = normalize_label(trait, record[trait])
             except UnknownLabel as exc:

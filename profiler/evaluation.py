@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from core.errors import DataError, Problem, clip
-from core.labels import LABELS, TRAITS
+from core.labels import ABSTAIN, LABELS, TRAITS
 from core.metrics import AVERAGES, F_MEASURES, MISSING, check_options, encode, trait_scores  # noqa: F401
 from data_prep.truth import read_label_file, read_text
 
@@ -86,7 +86,9 @@ def score(truth: pd.DataFrame, predictions: pd.DataFrame, *, average: str = "mac
     """Score ``predictions`` against ``truth`` (both indexed by user id, a column per trait).
 
     Users in the truth but not in the predictions count as wrong; users only in the
-    predictions are ignored (validation decides whether they are an error). With
+    predictions are ignored (validation decides whether they are an error). An abstention
+    (``unknown``) counts as wrong too, and apart: ``abstained`` and ``coverage`` (the share
+    decided), and ``accuracy_decided`` (the accuracy among the users decided). With
     ``bootstrap`` > 0, each trait gets 95 % intervals over that many resamples.
     """
     check_options(average, f_measure)
@@ -98,6 +100,10 @@ def score(truth: pd.DataFrame, predictions: pd.DataFrame, *, average: str = "mac
         y_true = encode(truth[trait], trait)
         y_pred = encode(aligned[trait], trait)
         scores = trait_scores(y_true, y_pred, trait, average=average, f_measure=f_measure)
+        abstained = (aligned[trait] == ABSTAIN).to_numpy()
+        decided = ~abstained & (y_pred >= 0)
+        scores |= {"abstained": int(abstained.sum()), "coverage": float(decided.mean()) if len(decided) else 0.0,
+                   "accuracy_decided": float((y_pred[decided] == y_true[decided]).mean()) if decided.any() else None}
         if bootstrap:
             samples = bootstrap_scores(y_true, y_pred, len(LABELS[trait]), rounds=bootstrap,
                                        seed=seed, average=average, f_measure=f_measure)
@@ -135,7 +141,7 @@ def load_submission(path: str | Path, truth: pd.DataFrame, *, name: str | None =
     path = Path(path)
     name = name or path.stem
     try:
-        parsed = read_label_file(path, fmt=fmt)
+        parsed = read_label_file(path, fmt=fmt, abstain=True)
     except DataError as exc:  # keep the line the reader named, if any
         import re
 

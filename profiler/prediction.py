@@ -54,15 +54,19 @@ class Predictor:
     model: object
     info: dict
     reader: Reader
+    decider: object = None  # profiler.decisions.Decider: probabilities -> labels
 
     @classmethod
-    def load(cls, model, *, encoder=None, store=None) -> "Predictor":
+    def load(cls, model, *, encoder=None, store=None, decide: str = "argmax") -> "Predictor":
         """From a ``.keras`` path or an already loaded model.
 
         A set model gets the encoder it was trained with (``encoder`` to pass one; it
         must have the same identity) and ``store`` (an ``EmbeddingStore``, or a path;
-        the default cache otherwise).
+        the default cache otherwise). ``decide`` is the decision rule
+        (``profiler.decisions``: argmax, balanced or precision=P).
         """
+        from profiler.decisions import Decider
+
         from profiler.families import family_of
         from profiler.models.io import load_model, model_info
 
@@ -74,7 +78,8 @@ class Predictor:
             raise ModelFileError(f"{name}: a Keras model, but not one that 'profiler train' made (it has "
                                  "no profiler variant or labels); give the model.keras of a training run")
         family = family_of(info["variant"])
-        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store))
+        decider = Decider(decide, info, name=str(name))
+        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store), decider)
 
     def probabilities(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated class probabilities per trait for a stack of model inputs, in fixed-size
@@ -111,11 +116,11 @@ def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, s
         row = {"user_id": user.user_id, "path": str(user.files[0].parent) if user.files else "",
                "files": len(user.files), "images_used": min(got.count, reader.max_images),
                "filled": reader.fills and 0 < got.count < reader.max_images, "error": None,
-               "skipped": [{"file": f, "reason": r} for f, r in got.skipped]}
+               "decide": predictor.decider.text, "skipped": [{"file": f, "reason": r} for f, r in got.skipped]}
         if i in per_user:
             for t in TRAITS:
                 vector = per_user[i][t]
-                row[t] = labels[t][int(vector.argmax())]
+                row[t] = predictor.decider.label(t, vector)
                 row[f"{t}_probabilities"] = {c: float(v) for c, v in zip(labels[t], vector)}
         else:
             row["error"] = "no image files" if not user.files else "no usable image"
@@ -151,16 +156,17 @@ def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int
 
 
 def predict_users(paths, model, *, batch_size: int = 32, tta: int = 0, seed: int = 0,
-                  workers: int = 1, store=None) -> pd.DataFrame:
+                  workers: int = 1, store=None, decide: str = "argmax") -> pd.DataFrame:
     """Profile the users in ``paths`` (user folders or dataset folders) with ``model``.
 
     ``model`` is a ``.keras`` path or a loaded model. Returns one row per user with the
     predicted label and the probability of every class for each trait (columns
     ``gender``, ``gender:female``, ...), how many real images were used, and an error
     message for users that could not be profiled. ``store`` is the set model's embedding
-    cache (a path or an ``EmbeddingStore``; the default cache if not given).
+    cache (a path or an ``EmbeddingStore``; the default cache if not given). ``decide``: the
+    decision rule (``profiler.decisions``); a user it abstains on gets the label "unknown".
     """
-    predictor = Predictor.load(model, store=store)
+    predictor = Predictor.load(model, store=store, decide=decide)
     users = discover_users(list(paths))
     rows = [row for batch in iter_predictions(users, predictor, batch_size=batch_size, tta=tta,
                                               seed=seed, workers=workers) for row in batch]
@@ -171,7 +177,7 @@ def flatten(rows: list[dict], labels: dict) -> pd.DataFrame:
     """Per-user result dicts as a flat table (one column per class probability)."""
     records = []
     for row in rows:
-        flat = {k: row[k] for k in ("user_id", "path", "files", "images_used", "filled", "error")}
+        flat = {k: row[k] for k in ("user_id", "path", "files", "images_used", "filled", "error", "decide")}
         for t in TRAITS:
             flat[t] = row[t]
             for c in labels[t]:
@@ -179,14 +185,14 @@ def flatten(rows: list[dict], labels: dict) -> pd.DataFrame:
                 flat[f"{t}:{c}"] = probs[c] if probs else np.nan
         flat["skipped"] = json.dumps(row["skipped"])
         records.append(flat)
-    columns = (["user_id", "path", "files", "images_used", "filled", "error", *TRAITS]
+    columns = (["user_id", "path", "files", "images_used", "filled", "error", "decide", *TRAITS]
                + [f"{t}:{c}" for t in TRAITS for c in labels[t]] + ["skipped"])
     return pd.DataFrame(records, columns=columns)
 
 
 def to_json_record(row: dict) -> dict:
     """A per-user result as nested JSON: each trait with its label and probabilities."""
-    out = {k: row[k] for k in ("user_id", "path", "files", "images_used", "filled", "error")}
+    out = {k: row[k] for k in ("user_id", "path", "files", "images_used", "filled", "error", "decide")}
     for t in TRAITS:
         out[t] = None if row[t] is None else {"label": row[t], "probabilities": row[f"{t}_probabilities"]}
     out["skipped"] = row["skipped"]

@@ -241,7 +241,7 @@ def result_schema(labels: dict) -> str:
     list of (file, reason), and the user's ``position`` in the listing."""
     probabilities = ", ".join(f"`{t}:{c}` double" for t in TRAITS for c in labels[t])
     return ("position long, user_id string, path string, files long, images_used long, filled boolean, "
-            f"error string, gender string, location string, occupation string, {probabilities}, "
+            f"error string, decide string, gender string, location string, occupation string, {probabilities}, "
             "skipped array<struct<file: string, reason: string>>")
 
 
@@ -249,26 +249,26 @@ def result_schema(labels: dict) -> str:
 _PREDICTORS: dict = {}
 
 
-def _predictor(model_name: str, store: str | None):
-    key = (model_name, store)
+def _predictor(model_name: str, store: str | None, decide: str = "argmax"):
+    key = (model_name, store, decide)
     if key not in _PREDICTORS:
         from pyspark import SparkFiles
 
         from profiler.prediction import Predictor
 
         _PREDICTORS.clear()  # one model per worker at a time
-        _PREDICTORS[key] = Predictor.load(SparkFiles.get(model_name), store=store)
+        _PREDICTORS[key] = Predictor.load(SparkFiles.get(model_name), store=store, decide=decide)
     return _PREDICTORS[key]
 
 
-def predict_partition(model_name: str, store: str | None, tta: int, seed: int, batches):
+def predict_partition(model_name: str, store: str | None, tta: int, seed: int, decide: str, batches):
     """``mapInPandas``' function: each batch of user records in, their results out."""
     from data_prep.dataset import User
     from profiler.prediction import flatten, iter_predictions
 
     quiet_pandas_warning()
     _fault_point()
-    predictor = _predictor(model_name, store)
+    predictor = _predictor(model_name, store, decide)
     labels = predictor.info["labels"]
     for records in batches:
         users = [User(uid, tuple(Path(f) for f in files)) for uid, files in zip(records["user_id"], records["files"])]
@@ -281,16 +281,17 @@ def predict_partition(model_name: str, store: str | None, tta: int, seed: int, b
 
 
 def predict_frame(spark, users, model_path: str | Path, labels: dict, *, partitions: int | None = None,
-                  tta: int = 0, seed: int = 0, store: str | Path | None = None):
+                  tta: int = 0, seed: int = 0, store: str | Path | None = None, decide: str = "argmax"):
     """The profiling results of ``users`` as a (lazy) Spark DataFrame (``result_schema``)."""
     name = _ship(spark, Path(model_path))
-    function = functools.partial(predict_partition, name, None if store is None else str(store), tta, seed)
+    function = functools.partial(predict_partition, name, None if store is None else str(store), tta, seed,
+                                 decide)
     return _distribute(spark, users, partitions).mapInPandas(function, result_schema(labels))
 
 
 def unflatten(record: dict, labels: dict) -> dict:
     """A result row of ``result_schema`` as ``prediction``'s per-user dict (for its writers)."""
-    row = {k: record[k] for k in ("user_id", "path", "files", "images_used", "filled", "error")}
+    row = {k: record[k] for k in ("user_id", "path", "files", "images_used", "filled", "error", "decide")}
     for t in TRAITS:
         row[t] = record[t]
         row[f"{t}_probabilities"] = (None if record[t] is None else

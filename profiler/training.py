@@ -349,7 +349,8 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     from profiler.models.io import save_model
 
     save_model(model, run_dir / "last.keras")
-    calibration = calibrate(run_dir / "model.keras", family, data, val_pos, config) if config.calibrate else None
+    calibration = (calibrate(run_dir / "model.keras", family, data, val_pos, config, train_pos)
+                   if config.calibrate else None)
     state.finish()
     summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
     summary["calibration"] = calibration
@@ -366,9 +367,12 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     return summary
 
 
-def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConfig) -> dict:
+def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConfig,
+              train_positions: np.ndarray) -> dict:
     """Fit each head's temperature on the users at ``positions`` (the validation split) from
-    the kept checkpoint's probabilities, and store them in the checkpoint (atomically).
+    the kept checkpoint's probabilities, and store them in the checkpoint (atomically), with
+    what the decision rules need (``profiler.decisions.record``: the training users' class
+    shares, the validation users' calibrated probabilities and labels).
 
     Returns per trait the temperature and the log loss, Brier score and ECE before and after.
     """
@@ -391,6 +395,11 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
         report[t] = {"temperature": temperatures[t], "before": calibration_scores(p, truth),
                      "after": calibration_scores(apply_temperature(p, temperatures[t]), truth)}
     best.temperatures = temperatures
+    from profiler.decisions import record
+
+    best.decisions = record({t: apply_temperature(np.concatenate(probs[t]), temperatures[t]) for t in TRAITS},
+                            {t: data.labels(t)[positions] for t in TRAITS},
+                            {t: data.labels(t)[train_positions] for t in TRAITS}, best.labels)
     save_model(best, path)
     return report
 

@@ -192,7 +192,7 @@ def test_the_model_is_loaded_once_per_worker(trained, monkeypatch):
     monkeypatch.setattr(spark, "_PREDICTORS", {})
     records = spark.user_records([u for u in __import__("data_prep.dataset").dataset.discover_users([test])])
     for _ in range(2):  # two tasks
-        out = list(spark.predict_partition("m.keras", str(root / "w.sqlite"), 0, 0,
+        out = list(spark.predict_partition("m.keras", str(root / "w.sqlite"), 0, 0, "argmax",
                                            iter([records[:4], records[4:]])))
         assert [len(f) for f in out] == [4, 6]
     assert len(loads) == 1

@@ -79,11 +79,12 @@ class Cnn3dProfiler(keras.Model):
                  filters: tuple[int, ...] | None = None, dense: tuple[int, ...] = (256,),
                  dropout: float = 0.5, batch_norm: bool = True, pooling: str = "avg",
                  image_fit: str = "pad", labels: dict | None = None,
-                 profiler_version: str | None = None, temperatures: dict | None = None, **kwargs):
+                 profiler_version: str | None = None, temperatures: dict | None = None,
+                 decisions: dict | None = None, **kwargs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         labels = labels or label_space()
-        check_config(labels, temperatures, p=p, height=height, width=width, filters=list(filters or []),
+        check_config(labels, temperatures, decisions, p=p, height=height, width=width, filters=list(filters or []),
                      dense=list(dense))
         blocks = block_list(variant, filters)
         inputs = keras.Input((p, height, width, 3), dtype="uint8", name="volume")
@@ -108,12 +109,13 @@ class Cnn3dProfiler(keras.Model):
         self.labels = {t: list(labels[t]) for t in TRAITS}
         self.profiler_version = profiler_version or __version__
         self.temperatures = temperatures_of(temperatures)  # fitted after training; see calibration
+        self.decisions = decisions  # recorded after training; see profiler.decisions
 
     def get_config(self) -> dict:
         return {"variant": self.variant, "p": self.p, "height": self.height, "width": self.width,
                 "filters": list(self.filters), "dense": list(self.dense), "dropout": self.dropout,
                 "batch_norm": self.batch_norm, "pooling": self.pooling, "image_fit": self.image_fit,
-                "labels": self.labels, "temperatures": self.temperatures,
+                "labels": self.labels, "temperatures": self.temperatures, "decisions": self.decisions,
                 "profiler_version": self.profiler_version, "name": self.name}
 
     @classmethod

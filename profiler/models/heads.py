@@ -23,7 +23,8 @@ LIMITS = {"p": (1, 256), "height": (8, 2048), "width": (8, 2048), "cap": (1, 409
           "units": (1, 65536)}
 
 
-def check_config(labels: dict, temperatures: dict | None = None, **values) -> None:
+def check_config(labels: dict, temperatures: dict | None = None, decisions: dict | None = None,
+                 **values) -> None:
     """Raise ``ValueError`` unless a model's labels are this version's and every size is in
     ``LIMITS`` (``values``: name -> a whole number or a list of them; list entries are "units")."""
     from core.labels import check_label_space
@@ -37,6 +38,9 @@ def check_config(labels: dict, temperatures: dict | None = None, **values) -> No
     for t, v in (temperatures or {}).items():
         if t not in TRAITS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 1e-3 <= v <= 1e3:
             raise ValueError(f"temperatures must be numbers from 0.001 to 1000 per trait, not {t!r}: {v!r}")
+    from profiler.decisions import check_record
+
+    check_record(decisions, labels)
 
 
 def temperatures_of(temperatures: dict | None) -> dict[str, float]:

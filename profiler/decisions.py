@@ -1,0 +1,134 @@
+"""From calibrated probabilities to a label: the decision rules of ``profiler predict --decide``.
+
+- ``argmax``: the most probable class. It maximises the expected accuracy.
+- ``balanced``: the class whose probability is highest relative to its share of the
+  training users (``p(c) / prior(c)``). It evens out the classes, as the shared task's
+  macro-F asks; rare classes get predicted more often.
+- ``precision=P``: a class is predicted only when its probability clears a per-class
+  threshold, fitted on the validation split so that, among validation users over it, a
+  share of at least P truly are of that class. Among the classes cleared the most probable
+  wins; a user who clears none gets ``unknown``: an abstention, which ``profiler score``
+  counts as such. A class that reaches precision P at no threshold is never predicted.
+
+Training stores what the rules need in the model file (``decisions``): the training
+users' class shares, and the validation users' calibrated probabilities and labels, so
+thresholds for any P are fitted when asked, the same way every time.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from core.errors import ConfigError
+from core.labels import ABSTAIN, TRAITS
+#: the most validation users a model file may record (bounds what a hostile file can claim)
+MAX_RECORDED = 200_000
+
+
+def parse_decide(text: str) -> tuple[str, float | None]:
+    """``argmax``, ``balanced`` or ``precision=P`` (0 < P < 1) as ``(rule, P)``."""
+    text = text.strip()
+    if text in ("argmax", "balanced"):
+        return text, None
+    found = re.fullmatch(r"precision=([0-9]*\.?[0-9]+)", text)
+    if found and 0 < float(found.group(1)) < 1:
+        return "precision", float(found.group(1))
+    raise ConfigError(f"--decide must be argmax, balanced or precision=P with 0 < P < 1 (e.g. "
+                      f"precision=0.9), not {text[:60]!r}")
+
+
+def record(probabilities: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+           train_labels: dict[str, np.ndarray], labels: dict) -> dict:
+    """What a model stores for its decision rules (``check_record`` reads it back)."""
+    out = {"priors": {}, "validation": {}}
+    for t in TRAITS:
+        k = len(labels[t])
+        counts = np.bincount(np.asarray(train_labels[t], np.int64), minlength=k).astype(float)
+        out["priors"][t] = ((counts + 1) / (counts.sum() + k)).round(6).tolist()  # add-one smoothed
+        out["validation"][t] = {"labels": np.asarray(truth[t], np.int64).tolist(),
+                                "probabilities": np.asarray(probabilities[t], np.float64).round(6).tolist()}
+    return out
+
+
+def check_record(decisions: dict | None, labels: dict) -> None:
+    """Raise ``ValueError`` unless ``decisions`` (from a model file) is well formed and in bounds."""
+    if decisions is None:
+        return
+    if not isinstance(decisions, dict) or set(decisions) != {"priors", "validation"}:
+        raise ValueError("decisions must hold priors and validation")
+    for t in TRAITS:
+        k = len(labels[t])
+        priors = np.asarray(decisions["priors"].get(t), dtype=float)
+        if priors.shape != (k,) or not np.all(np.isfinite(priors)) or not np.all(priors > 0):
+            raise ValueError(f"decisions: the {t} priors must be {k} positive numbers")
+        entry = decisions["validation"].get(t)
+        if not isinstance(entry, dict) or not isinstance(entry.get("labels"), list) \
+                or not isinstance(entry.get("probabilities"), list) \
+                or len(entry["labels"]) != len(entry["probabilities"]) or len(entry["labels"]) > MAX_RECORDED:
+            raise ValueError(f"decisions: the {t} validation record must be up to {MAX_RECORDED:,} "
+                             "labels with their probabilities")
+        if entry["labels"]:
+            y = np.asarray(entry["labels"])
+            p = np.asarray(entry["probabilities"], dtype=float)
+            if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= k or p.shape != (len(y), k) \
+                    or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+                raise ValueError(f"decisions: the {t} validation record has labels outside 0..{k - 1} "
+                                 f"or probabilities that are not {k} numbers in [0, 1]")
+
+
+def thresholds(probabilities: np.ndarray, truth: np.ndarray, precision: float) -> np.ndarray:
+    """Per class, the lowest probability at which the validation users over it are at least
+    ``precision`` of that class (inf where no threshold reaches it)."""
+    from sklearn.metrics import precision_recall_curve
+
+    k = probabilities.shape[1]
+    out = np.full(k, np.inf)
+    for c in range(k):
+        positive = truth == c
+        if not positive.any():
+            continue
+        reached, _, cuts = precision_recall_curve(positive, probabilities[:, c])
+        ok = np.flatnonzero(reached[:-1] >= precision)  # the last point has no threshold
+        if len(ok):
+            out[c] = float(cuts[ok[0]])
+    return out
+
+
+class Decider:
+    """Applies one rule to calibrated probabilities; ``info`` (``model_info``) holds the model's record."""
+
+    def __init__(self, decide: str, info: dict, *, name: str = "model"):
+        self.text = decide
+        self.rule, self.precision = parse_decide(decide)
+        self.labels = info["labels"]
+        decisions = info.get("decisions")
+        if self.rule != "argmax" and not decisions:
+            raise ConfigError(f"{name}: --decide {decide} needs the validation record that training stores "
+                              "with the calibration, and this model has none (trained with calibrate=false, "
+                              "or by an older version); use --decide argmax or retrain")
+        self.priors = {t: np.asarray(decisions["priors"][t]) for t in TRAITS} if decisions else None
+        self.cuts = None
+        if self.rule == "precision":
+            self.cuts = {t: thresholds(np.asarray(decisions["validation"][t]["probabilities"], float).reshape(
+                -1, len(self.labels[t])), np.asarray(decisions["validation"][t]["labels"], np.int64),
+                self.precision) for t in TRAITS}
+
+    def label(self, trait: str, p: np.ndarray) -> str:
+        """The decided label for one user's probability vector ``p`` of ``trait``."""
+        if self.rule == "argmax":
+            return self.labels[trait][int(np.argmax(p))]
+        if self.rule == "balanced":
+            return self.labels[trait][int(np.argmax(p / self.priors[trait]))]
+        cleared = p >= self.cuts[trait]
+        if not cleared.any():
+            return ABSTAIN
+        return self.labels[trait][int(np.argmax(np.where(cleared, p, -1.0)))]
+
+    def describe(self) -> dict:
+        """The rule and, for ``precision=P``, the thresholds used (None: the class is never predicted)."""
+        out = {"rule": self.text}
+        if self.cuts is not None:
+            out["thresholds"] = {t: {c: (None if not np.isfinite(v) else round(float(v), 6))
+                                     for c, v in zip(self.labels[t], self.cuts[t])} for t in TRAITS}
+        return out
