@@ -32,11 +32,13 @@ SHOWN_SKIPPED = 5
 @click.option("--tta", type=click.IntRange(0, 64), default=0,
               help="Average over this many random choices/orders of each user's images (0: none).")
 @click.option("--seed", type=int, default=0, help="Seed for --tta.")
-@click.option("--decide", default="argmax", metavar="RULE",
+@click.option("--decide", default=None, metavar="RULE",
               help="How a label is chosen from the probabilities: 'argmax' (the most probable class: "
                    "the best accuracy), 'balanced' (relative to each class's share of the training users: "
-                   "the best macro-F), or 'precision=P', e.g. precision=0.9 (a class only above a threshold "
-                   "fitted on the validation split to reach precision P; a user above none gets 'unknown').")
+                   "the best macro-F, the shared task's measure), or 'precision=P', e.g. precision=0.9 (a "
+                   "class only above a threshold fitted on the validation split to reach precision P; a "
+                   "user above none gets 'unknown')  [default: balanced; argmax for a model trained "
+                   "with calibrate=false]")
 @workers_option(default="1 for a few users, else the usable cores")
 @embeddings_option()
 @spark_options("Profile")

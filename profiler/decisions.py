@@ -4,6 +4,12 @@
 - ``balanced``: the class whose probability is highest relative to its share of the
   training users (``p(c) / prior(c)``). It evens out the classes, as the shared task's
   macro-F asks; rare classes get predicted more often.
+
+A model trained with "balanced" class weights (the default) already outputs
+prior-corrected probabilities: for it ``balanced`` is its own most probable class and
+``argmax`` multiplies by the priors back (``p(c) * prior(c)``). The default rule is
+``balanced`` for a model with a record; a model without one (``calibrate=false``, an
+older version) can only use its own most probable class (``argmax``).
 - ``precision=P``: a class is predicted only when its probability clears a per-class
   threshold, fitted on the validation split so that, among validation users over it, a
   share of at least P truly are of that class. Among the classes cleared the most probable
@@ -39,9 +45,10 @@ def parse_decide(text: str) -> tuple[str, float | None]:
 
 
 def record(probabilities: dict[str, np.ndarray], truth: dict[str, np.ndarray],
-           train_labels: dict[str, np.ndarray], labels: dict) -> dict:
-    """What a model stores for its decision rules (``check_record`` reads it back)."""
-    out = {"priors": {}, "validation": {}}
+           train_labels: dict[str, np.ndarray], labels: dict, class_weight: str = "none") -> dict:
+    """What a model stores for its decision rules (``check_record`` reads it back);
+    ``class_weight``: how training weighed the classes ("balanced" or "none")."""
+    out = {"priors": {}, "validation": {}, "class_weight": class_weight}
     for t in TRAITS:
         k = len(labels[t])
         counts = np.bincount(np.asarray(train_labels[t], np.int64), minlength=k).astype(float)
@@ -55,8 +62,10 @@ def check_record(decisions: dict | None, labels: dict) -> None:
     """Raise ``ValueError`` unless ``decisions`` (from a model file) is well formed and in bounds."""
     if decisions is None:
         return
-    if not isinstance(decisions, dict) or set(decisions) != {"priors", "validation"}:
-        raise ValueError("decisions must hold priors and validation")
+    if not isinstance(decisions, dict) or not {"priors", "validation"} <= set(decisions) \
+            <= {"priors", "validation", "class_weight"} \
+            or decisions.get("class_weight", "none") not in ("balanced", "none"):
+        raise ValueError("decisions must hold priors, validation and a class_weight of balanced or none")
     for t in TRAITS:
         k = len(labels[t])
         priors = np.asarray(decisions["priors"].get(t), dtype=float)
@@ -98,11 +107,13 @@ def thresholds(probabilities: np.ndarray, truth: np.ndarray, precision: float) -
 class Decider:
     """Applies one rule to calibrated probabilities; ``info`` (``model_info``) holds the model's record."""
 
-    def __init__(self, decide: str, info: dict, *, name: str = "model"):
+    def __init__(self, decide: str | None, info: dict, *, name: str = "model"):
+        decisions = info.get("decisions")
+        decide = decide or ("balanced" if decisions else "argmax")
         self.text = decide
         self.rule, self.precision = parse_decide(decide)
         self.labels = info["labels"]
-        decisions = info.get("decisions")
+        self.weighted = bool(decisions) and decisions.get("class_weight") == "balanced"
         if self.rule != "argmax" and not decisions:
             raise ConfigError(f"{name}: --decide {decide} needs the validation record that training stores "
                               "with the calibration, and this model has none (trained with calibrate=false, "
@@ -117,9 +128,9 @@ class Decider:
     def label(self, trait: str, p: np.ndarray) -> str:
         """The decided label for one user's probability vector ``p`` of ``trait``."""
         if self.rule == "argmax":
-            return self.labels[trait][int(np.argmax(p))]
+            return self.labels[trait][int(np.argmax(p * self.priors[trait] if self.weighted else p))]
         if self.rule == "balanced":
-            return self.labels[trait][int(np.argmax(p / self.priors[trait]))]
+            return self.labels[trait][int(np.argmax(p if self.weighted else p / self.priors[trait]))]
         cleared = p >= self.cuts[trait]
         if not cleared.any():
             return ABSTAIN

@@ -57,13 +57,13 @@ class Predictor:
     decider: object = None  # profiler.decisions.Decider: probabilities -> labels
 
     @classmethod
-    def load(cls, model, *, encoder=None, store=None, decide: str = "argmax") -> "Predictor":
+    def load(cls, model, *, encoder=None, store=None, decide: str | None = None) -> "Predictor":
         """From a ``.keras`` path or an already loaded model.
 
         A set model gets the encoder it was trained with (``encoder`` to pass one; it
         must have the same identity) and ``store`` (an ``EmbeddingStore``, or a path;
         the default cache otherwise). ``decide`` is the decision rule
-        (``profiler.decisions``: argmax, balanced or precision=P).
+        (``profiler.decisions``: argmax, balanced or precision=P; None: the model's default).
         """
         from profiler.decisions import Decider
 
@@ -156,7 +156,7 @@ def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int
 
 
 def predict_users(paths, model, *, batch_size: int = 32, tta: int = 0, seed: int = 0,
-                  workers: int = 1, store=None, decide: str = "argmax") -> pd.DataFrame:
+                  workers: int = 1, store=None, decide: str | None = None) -> pd.DataFrame:
     """Profile the users in ``paths`` (user folders or dataset folders) with ``model``.
 
     ``model`` is a ``.keras`` path or a loaded model. Returns one row per user with the

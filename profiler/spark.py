@@ -249,7 +249,7 @@ def result_schema(labels: dict) -> str:
 _PREDICTORS: dict = {}
 
 
-def _predictor(model_name: str, store: str | None, decide: str = "argmax"):
+def _predictor(model_name: str, store: str | None, decide: str | None = None):
     key = (model_name, store, decide)
     if key not in _PREDICTORS:
         from pyspark import SparkFiles
@@ -261,7 +261,7 @@ def _predictor(model_name: str, store: str | None, decide: str = "argmax"):
     return _PREDICTORS[key]
 
 
-def predict_partition(model_name: str, store: str | None, tta: int, seed: int, decide: str, batches):
+def predict_partition(model_name: str, store: str | None, tta: int, seed: int, decide: str | None, batches):
     """``mapInPandas``' function: each batch of user records in, their results out."""
     from data_prep.dataset import User
     from profiler.prediction import flatten, iter_predictions
@@ -281,7 +281,7 @@ def predict_partition(model_name: str, store: str | None, tta: int, seed: int, d
 
 
 def predict_frame(spark, users, model_path: str | Path, labels: dict, *, partitions: int | None = None,
-                  tta: int = 0, seed: int = 0, store: str | Path | None = None, decide: str = "argmax"):
+                  tta: int = 0, seed: int = 0, store: str | Path | None = None, decide: str | None = None):
     """The profiling results of ``users`` as a (lazy) Spark DataFrame (``result_schema``)."""
     name = _ship(spark, Path(model_path))
     function = functools.partial(predict_partition, name, None if store is None else str(store), tta, seed,

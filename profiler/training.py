@@ -399,7 +399,8 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
 
     best.decisions = record({t: apply_temperature(np.concatenate(probs[t]), temperatures[t]) for t in TRAITS},
                             {t: data.labels(t)[positions] for t in TRAITS},
-                            {t: data.labels(t)[train_positions] for t in TRAITS}, best.labels)
+                            {t: data.labels(t)[train_positions] for t in TRAITS}, best.labels,
+                            class_weight=config.class_weight)
     save_model(best, path)
     return report
 

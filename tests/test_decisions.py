@@ -59,6 +59,21 @@ def test_the_three_rules():
     assert strict.label("gender", np.array([1.0, 0.0])) == ("unknown" if cuts["female"] is None else "female")
 
 
+def test_a_class_weighted_model_is_already_balanced():
+    """Trained with balanced class weights, the model's outputs are prior-corrected: 'balanced' is
+    its own argmax and 'argmax' puts the priors back."""
+    val = {t: np.full((3, len(v)), 1 / len(v)) for t, v in LABELS.items()}
+    truth = {t: np.zeros(3, int) for t in LABELS}
+    train = {"gender": np.array([0] * 90 + [1] * 10), "location": np.arange(60) % 6, "occupation": np.arange(80) % 8}
+    weighted = {"labels": LABELS, "decisions": record(val, truth, train, LABELS, class_weight="balanced")}
+    plain = {"labels": LABELS, "decisions": record(val, truth, train, LABELS)}
+    p = np.array([0.4, 0.6])
+    assert Decider("argmax", weighted).label("gender", p) == "female"  # 0.4 x 0.89 > 0.6 x 0.11
+    assert Decider("balanced", weighted).label("gender", p) == "male"
+    assert Decider("argmax", plain).label("gender", p) == "male"
+    assert Decider(None, weighted).text == "balanced" and Decider(None, {"labels": LABELS}).text == "argmax"
+
+
 def test_bad_records_are_refused():
     good = record({t: np.full((2, len(v)), 1 / len(v)) for t, v in LABELS.items()},
                   {t: np.zeros(2, int) for t in LABELS}, {t: np.zeros(3, int) for t in LABELS}, LABELS)
@@ -77,7 +92,7 @@ def test_bad_records_are_refused():
         check_record(bad, LABELS)
     from profiler.models.set_head import SetProfiler
 
-    with pytest.raises(ValueError, match="decisions must hold priors and validation"):
+    with pytest.raises(ValueError, match="decisions must hold priors, validation and a class_weight"):
         SetProfiler(8, cap=4, decisions={"priors": {}})
 
 
@@ -100,6 +115,7 @@ def test_predict_decides_and_score_counts_abstentions(trained):
     model = root / "run" / "model.keras"
     decisions = model_info(load_model(model))["decisions"]
     assert len(decisions["validation"]["gender"]["labels"]) >= 1 and len(decisions["priors"]["location"]) == 6
+    assert decisions["class_weight"] == "balanced"  # the default training
     out = root / "strict.txt"
     result = run("predict", data, "--model", model, "--decide", "precision=0.999", "--format", "submission",
                  "-o", out, "-q", "--embeddings", root / "e.sqlite")
