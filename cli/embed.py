@@ -56,8 +56,9 @@ def embed(paths, output, encoder, batch_size, store_path, engine, master, partit
 
         spark = engine_spark.session(master, batch_users=batch_size)
         try:
-            engine_spark.write_parquet(engine_spark.embed_frame(spark, users, name, partitions=partitions,
-                                                                store=store_path), output)
+            with engine_spark.job_errors():
+                engine_spark.write_parquet(engine_spark.embed_frame(spark, users, name, partitions=partitions,
+                                                                    store=store_path), output)
         finally:
             spark.stop()
     else:

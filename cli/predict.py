@@ -94,16 +94,17 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, worke
         predictor.reader.close()
         spark = engine_spark.session(master, batch_users=batch_size)
         try:
-            frame = engine_spark.predict_frame(spark, users, model_path, labels, partitions=partitions, tta=tta,
-                                               seed=seed, store=store_path, decide=decide)
-            if fmt == "parquet":
-                engine_spark.write_parquet(frame, output)
-                counts = spark.read.parquet(output).selectExpr("count(error)", "sum(size(skipped))").first()
-                failed, skipped = counts[0], counts[1] or 0
-                if skipped:
-                    click.echo(f"warning: {skipped} files skipped (see the 'skipped' column)", err=True)
-            else:
-                failed = _write(engine_spark.ordered_rows(frame, labels), fmt, labels, output)
+            with engine_spark.job_errors():
+                frame = engine_spark.predict_frame(spark, users, model_path, labels, partitions=partitions, tta=tta,
+                                                   seed=seed, store=store_path, decide=decide)
+                if fmt == "parquet":
+                    engine_spark.write_parquet(frame, output)
+                    counts = spark.read.parquet(output).selectExpr("count(error)", "sum(size(skipped))").first()
+                    failed, skipped = counts[0], counts[1] or 0
+                    if skipped:
+                        click.echo(f"warning: {skipped} files skipped (see the 'skipped' column)", err=True)
+                else:
+                    failed = _write(engine_spark.ordered_rows(frame, labels), fmt, labels, output)
         finally:
             spark.stop()
     else:

@@ -25,6 +25,7 @@ the workers run the driver's Python (``PYSPARK_PYTHON``) and a failed task is tr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import os
@@ -180,6 +181,21 @@ def _log_config() -> Path:
     if not path.is_file() or path.read_text() != LOG4J2:
         atomic_write_text(path, LOG4J2)
     return path
+
+
+@contextlib.contextmanager
+def job_errors():
+    """A failed Spark job (its tasks out of attempts, the JVM gone) as one clean ``DataError``:
+    the last line of the worker's error, not Spark's and Py4J's stack traces."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        last = next((line for line in reversed(lines) if "Error" in line or "Exception" in line),
+                    lines[-1] if lines else type(exc).__name__)
+        raise DataError(f"the Spark job failed: {last[:500]}") from exc
 
 
 def quiet_pandas_warning() -> None:

@@ -95,6 +95,20 @@ def test_a_failed_task_is_retried_without_duplicate_rows(trained, tmp_path, monk
     assert sorted(frame["position"]) == list(range(10)) and frame["user_id"].is_unique
 
 
+def test_a_job_that_keeps_failing_is_one_clean_error(trained, tmp_path, monkeypatch):
+    from profiler.spark import FAULT_ENV
+
+    root, test, model = trained
+    monkeypatch.setenv(FAULT_ENV, str(tmp_path / "no-such-folder" / "fault"))  # every attempt fails
+    out = tmp_path / "old.csv"
+    out.write_text("good old output\n")
+    result = run("predict", test, "--model", model, "--format", "csv", "-o", out, "-q", "--engine", "spark",
+                 "--master", MASTER, "--embeddings", tmp_path / "f.sqlite")
+    assert result.exit_code == 1, result.output
+    assert "the Spark job failed:" in result.stderr and "Traceback" not in result.output
+    assert out.read_text() == "good old output\n"
+
+
 def test_refuses_to_replace_what_is_not_its_output(trained, tmp_path):
     root, test, model = trained
     docs = tmp_path / "docs"
