@@ -388,17 +388,17 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
             out = best.predict_on_batch(chunk)
             for t in TRAITS:
                 probs[t].append(np.asarray(out[t])[:n_real])
-    report, temperatures = {}, {}
+    report, temperatures, calibrated = {}, {}, {}
     for t in TRAITS:
         p, truth = np.concatenate(probs[t]), data.labels(t)[positions]
         temperatures[t] = fit_temperature(p, truth)
+        calibrated[t] = apply_temperature(p, temperatures[t])
         report[t] = {"temperature": temperatures[t], "before": calibration_scores(p, truth),
-                     "after": calibration_scores(apply_temperature(p, temperatures[t]), truth)}
+                     "after": calibration_scores(calibrated[t], truth)}
     best.temperatures = temperatures
     from profiler.decisions import record
 
-    best.decisions = record({t: apply_temperature(np.concatenate(probs[t]), temperatures[t]) for t in TRAITS},
-                            {t: data.labels(t)[positions] for t in TRAITS},
+    best.decisions = record(calibrated, {t: data.labels(t)[positions] for t in TRAITS},
                             {t: data.labels(t)[train_positions] for t in TRAITS}, best.labels,
                             class_weight=config.class_weight)
     save_model(best, path)
