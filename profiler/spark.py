@@ -261,20 +261,13 @@ def result_schema(labels: dict) -> str:
             "skipped array<struct<file: string, reason: string>>")
 
 
-#: per Python worker: the loaded predictors, by (shipped model name, embedding cache)
-_PREDICTORS: dict = {}
-
-
+@functools.lru_cache(maxsize=1)  # per Python worker: loaded once, one model at a time
 def _predictor(model_name: str, store: str | None, decide: str | None = None):
-    key = (model_name, store, decide)
-    if key not in _PREDICTORS:
-        from pyspark import SparkFiles
+    from pyspark import SparkFiles
 
-        from profiler.prediction import Predictor
+    from profiler.prediction import Predictor
 
-        _PREDICTORS.clear()  # one model per worker at a time
-        _PREDICTORS[key] = Predictor.load(SparkFiles.get(model_name), store=store, decide=decide)
-    return _PREDICTORS[key]
+    return Predictor.load(SparkFiles.get(model_name), store=store, decide=decide)
 
 
 def predict_partition(model_name: str, store: str | None, tta: int, seed: int, decide: str | None, batches):
@@ -331,21 +324,21 @@ def ordered_rows(frame, labels: dict, chunk: int = 256):
 # --- embedding ----------------------------------------------------------------------------
 
 
-_ENCODERS: dict = {}
+@functools.lru_cache(maxsize=1)  # per Python worker: loaded once
+def _encoder(name: str):
+    from profiler.encoders import get_encoder
+
+    return get_encoder(name)
 
 
 def embed_partition(encoder_name: str, store: str | None, batches):
     """``mapInPandas``' function for ``profiler embed``: user records in, one row per image file out."""
     from data_prep.dataset import User
     from profiler.embeddings import EmbeddingStore, embedding_rows
-    from profiler.encoders import get_encoder
 
     quiet_pandas_warning()
     _fault_point()
-    if encoder_name not in _ENCODERS:
-        _ENCODERS.clear()
-        _ENCODERS[encoder_name] = get_encoder(encoder_name)
-    encoder = _ENCODERS[encoder_name]
+    encoder = _encoder(encoder_name)
     with EmbeddingStore(store) as opened:
         for records in batches:
             users = [User(uid, tuple(Path(f) for f in files))

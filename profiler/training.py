@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -184,6 +185,7 @@ def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
 # --- the run ---------------------------------------------------------------------------
 
 
+@functools.cache
 def distribution(mode: str):
     """``(strategy, worker index, workers)`` for ``mode`` (one of ``DISTRIBUTE``); no strategy for "none".
 
@@ -192,16 +194,6 @@ def distribution(mode: str):
     runs anything else in the process: call this first (the CLI does); later calls return
     the same strategy.
     """
-    if mode in _STRATEGIES:
-        return _STRATEGIES[mode]
-    _STRATEGIES[mode] = _make_distribution(mode)
-    return _STRATEGIES[mode]
-
-
-_STRATEGIES: dict = {}
-
-
-def _make_distribution(mode: str):
     if mode not in DISTRIBUTE:
         raise ConfigError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {mode!r}")
     if mode == "none":
@@ -302,7 +294,6 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
 
     family = family_of(config.model)
     run_dir = Path(run_dir)
-    chief_dir = run_dir
     if shard:  # not the chief: its own files, beside the chief's
         run_dir = run_dir / f"worker-{shard}"
     state_path = run_dir / STATE_FILE
@@ -362,7 +353,7 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     training_curves(run_dir / HISTORY_FILE, run_dir / "curves.png", title=f"{config.model} ({config.preset})",
                     weighted=config.class_weight != "none")
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
-    if run_dir != chief_dir:
+    if shard:  # a worker's own files: the chief's RUN_DIR has the run
         shutil.rmtree(run_dir, ignore_errors=True)
     return summary
 

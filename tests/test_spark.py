@@ -203,7 +203,7 @@ def test_the_model_is_loaded_once_per_worker(trained, monkeypatch):
 
     monkeypatch.setattr(Predictor, "load", counting)
     monkeypatch.setattr(pyspark.SparkFiles, "get", lambda name: str(model))
-    monkeypatch.setattr(spark, "_PREDICTORS", {})
+    spark._predictor.cache_clear()
     records = spark.user_records([u for u in __import__("data_prep.dataset").dataset.discover_users([test])])
     for _ in range(2):  # two tasks
         out = list(spark.predict_partition("m.keras", str(root / "w.sqlite"), 0, 0, "argmax",
