@@ -342,7 +342,6 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     save_model(model, run_dir / "last.keras")
     calibration = (calibrate(run_dir / "model.keras", family, data, val_pos, config, train_pos)
                    if config.calibrate else None)
-    state.finish()
     summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
     summary["calibration"] = calibration
     summary["distribute"] = {"mode": distribute, "workers": shards,
@@ -352,6 +351,9 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
 
     training_curves(run_dir / HISTORY_FILE, run_dir / "curves.png", title=f"{config.model} ({config.preset})",
                     weighted=config.class_weight != "none")
+    # done only once every output is written: a run killed before this point is resumed (and
+    # ends the same), one killed after it is whole
+    state.finish()
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     if shard:  # a worker's own files: the chief's RUN_DIR has the run
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -72,6 +72,26 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
         train(cache, tmp_path / "cut", config, progress=False, resume=True)
 
 
+def test_killed_while_writing_the_last_outputs_resumes_to_the_same_run(cache, tmp_path):
+    """Killed after the last epoch but before summary.json and curves.png were written (Keras has
+    already deleted its backup): the run is not marked finished, and --resume ends the same."""
+    config = tiny()
+    train(cache, tmp_path / "whole", config, progress=False)
+    train(cache, tmp_path / "cut", config, progress=False)
+    state = tmp_path / "cut" / "train_state.json"
+    saved = json.loads(state.read_text())
+    assert saved["done"] is True
+    state.write_text(json.dumps({**saved, "done": False}))  # as the run was before its last outputs
+    (tmp_path / "cut" / "summary.json").unlink()
+    (tmp_path / "cut" / "curves.png").unlink()
+    train(cache, tmp_path / "cut", config, progress=False, resume=True)
+    assert (tmp_path / "cut" / "summary.json").is_file() and (tmp_path / "cut" / "curves.png").is_file()
+    a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / "cut" / "last.keras")
+    assert all(np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights()))
+    whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(whole, pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds"))
+
+
 def test_a_torn_backup_falls_back_to_the_one_before(cache, tmp_path):
     """Killed while Keras wrote the last epoch's backup: resume from the epoch before, same result."""
     config = tiny()
