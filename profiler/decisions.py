@@ -4,21 +4,22 @@
 - ``balanced``: the class whose probability is highest relative to its share of the
   training users (``p(c) / prior(c)``). It evens out the classes, as the shared task's
   macro-F asks; rare classes get predicted more often.
-
-A model trained with "balanced" class weights (the default) already outputs
-prior-corrected probabilities: for it ``balanced`` is its own most probable class and
-``argmax`` multiplies by the priors back (``p(c) * prior(c)``). The default rule is
-``balanced`` for a model with a record; a model without one (``calibrate=false``, an
-older version) can only use its own most probable class (``argmax``).
 - ``precision=P``: a class is predicted only when its probability clears a per-class
   threshold, fitted on the validation split so that, among validation users over it, a
   share of at least P truly are of that class. Among the classes cleared the most probable
   wins; a user who clears none gets ``unknown``: an abstention, which ``profiler score``
   counts as such. A class that reaches precision P at no threshold is never predicted.
 
+A model trained with "balanced" class weights (the default) already outputs
+prior-corrected probabilities: for it ``balanced`` is its own most probable class and
+``argmax`` multiplies by the priors back (``p(c) * prior(c)``). The default rule is
+``balanced`` for a model with a record; a model without one (``calibrate=false``, an
+older version) can only use its own most probable class (``argmax``).
+
 Training stores what the rules need in the model file (``decisions``): the training
-users' class shares, and the validation users' calibrated probabilities and labels, so
-thresholds for any P are fitted when asked, the same way every time.
+users' class shares, how training weighed the classes, and the validation users'
+calibrated probabilities and labels, so thresholds for any P are fitted when asked, the
+same way every time.
 """
 from __future__ import annotations
 
