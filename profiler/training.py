@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -46,6 +47,8 @@ from core.errors import ConfigError, DataError, RunStateError
 from core.io import atomic_write_text
 from core.labels import LABELS, TRAITS
 from profiler.config import TrainConfig
+
+log = logging.getLogger("profiler")
 
 #: a run directory's files (``profiler.callbacks`` writes them)
 STATE_FILE = "train_state.json"
@@ -291,6 +294,7 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
 
     import_keras()
     strategy, shard, shards = distribution(distribute)
+    requested_dir, requested_config = run_dir, config  # to start again from (a torn only backup)
 
     family = family_of(config.model)
     run_dir = Path(run_dir)
@@ -331,10 +335,15 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
             fitted.fit(_distributed(strategy, train_data), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
                        verbose=1 if progress and sys.stderr.isatty() else 0)
     except OSError as exc:
-        if resume and not state.restored:  # BackupAndRestore failed to read the backup
-            raise RunStateError(f"{run_dir / BACKUP_DIR}: the training backup cannot be read ({exc}); the run "
-                                "was killed while writing it and there is no earlier one. Delete "
-                                f"{run_dir} to train again from the start") from exc
+        if resume and not state.restored:  # BackupAndRestore failed to read the only backup
+            # killed while Keras wrote it, with none before: nothing of the run is safely kept, so
+            # it starts again (deterministic: it ends with the weights an uninterrupted run has)
+            log.warning("%s: the training backup cannot be read (%s): the run was killed while writing it "
+                        "and there is no earlier one; training again from the start", run_dir / BACKUP_DIR, exc)
+            shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+            state_path.unlink(missing_ok=True)
+            return train(data, requested_dir, requested_config, progress=progress, callbacks=callbacks,
+                         distribute=distribute)
         raise
     elapsed = time.perf_counter() - start
     from profiler.models.io import save_model

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -108,14 +109,24 @@ def test_a_torn_backup_falls_back_to_the_one_before(cache, tmp_path):
     pd.testing.assert_frame_equal(whole, pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds"))
 
 
-def test_a_torn_backup_with_none_before_is_a_clean_error(cache, tmp_path):
+def test_a_torn_backup_with_none_before_starts_again_and_ends_the_same(cache, tmp_path, caplog, monkeypatch):
+    """Killed while Keras wrote the first epoch's backup: nothing is safely kept, so --resume
+    trains again from the start, says so, and ends with an uninterrupted run's weights."""
     config = tiny()
+    train(cache, tmp_path / "whole", config, progress=False)
     with pytest.raises(KeyboardInterrupt):  # in epoch 2: only epoch 1's backup exists
         train(cache, tmp_path / "cut", config, progress=False, callbacks=[interrupt_after(7)])
     latest = tmp_path / "cut" / "backup" / "latest.weights.h5"
+    assert not (tmp_path / "cut" / "backup" / "latest.weights.h5.bkp").exists()
     latest.write_bytes(latest.read_bytes()[:1000])
-    with pytest.raises(RunStateError, match="the training backup cannot be read"):
+    monkeypatch.setattr(logging.getLogger("profiler"), "propagate", True)  # the CLI's set-up may have cut it
+    with caplog.at_level("WARNING", logger="profiler"):
         train(cache, tmp_path / "cut", config, progress=False, resume=True)
+    assert "the training backup cannot be read" in caplog.text and "training again from the start" in caplog.text
+    a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / "cut" / "last.keras")
+    assert all(np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights()))
+    whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(whole, pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds"))
 
 
 def test_unknown_setting_suggests(cache, tmp_path):
