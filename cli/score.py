@@ -33,8 +33,11 @@ from cli.common import Choice, echo_problems, output_option, write_output
               help="Write confusion-matrix heat-maps (PNG) into this folder.")
 @click.option("--ignore-extra", is_flag=True,
               help="Warn about, rather than reject, users that are not in the truth.")
+@click.option("--at-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
+              show_default=True,
+              help="For probability outputs: the precision at which each class's recall is reported.")
 def score(truth, submissions, names, submission_format, average, f_measure, with_paper, baselines,
-          bootstrap, seed, fmt, output, plots, ignore_extra):
+          bootstrap, seed, fmt, output, plots, ignore_extra, at_precision):
     """Score SUBMISSIONS against the truth and print the paper's Tables 1-5.
 
     A submission has the truth file's format (user_id:::gender:::location:::occupation),
@@ -42,26 +45,38 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
     problem reported (file, line); an invalid one exits with code 1 and nothing is
     scored. Users missing from a submission count as wrong.
 
-    Example:
+    'profiler predict' outputs with probabilities (json, jsonl, csv) are recognised and
+    scored twice: their labels in the paper's tables, and their probabilities per trait
+    (log loss, Brier score, expected calibration error, ROC-AUC and PR-AUC one class
+    against the rest, and each class's recall at precision --at-precision with the
+    threshold that reaches it). Each user's probabilities must cover every class and
+    sum to 1.
+
+    Examples:
 
     \b
         profiler score --truth data/sample/test model1.txt model2.txt --with-paper --baselines
+        profiler score --truth data/sample/test set.json --at-precision 0.8
     """
-    from profiler import evaluation
+    from profiler import evaluation, probabilities
 
     if not submissions and not baselines:
         raise click.UsageError("give at least one SUBMISSION file, or --baselines")
     if names and len(names) != len(submissions):
         raise click.UsageError(f"{len(names)} --name given for {len(submissions)} submissions")
     table = evaluation.load_truth_for_scoring(truth)
-    runs = {}
+    runs, scored = {}, {}
     invalid = []
     for i, path in enumerate(submissions):
         name = names[i] if names else Path(path).stem
         if name in runs:
             raise click.UsageError(f"two submissions are named {name!r}; use --name")
-        sub = evaluation.load_submission(path, table, name=name, fmt=submission_format,
-                                         ignore_extra=ignore_extra)
+        if submission_format == "auto" and probabilities.sniff(path):
+            sub = probabilities.load_probabilities(path, table, name=name, ignore_extra=ignore_extra)
+            scored[name] = sub.probabilities
+        else:
+            sub = evaluation.load_submission(path, table, name=name, fmt=submission_format,
+                                             ignore_extra=ignore_extra)
         echo_problems(sub.problems)
         if not sub.valid:
             invalid.append(path)
@@ -72,6 +87,8 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
     results = {name: evaluation.score(table, preds, average=average, f_measure=f_measure,
                                       bootstrap=bootstrap, seed=seed)
                for name, preds in runs.items()}
+    for name, probs in scored.items():
+        results[name]["probabilities"] = probabilities.probability_scores(table, probs, precision=at_precision)
     for name, result in results.items():  # abstentions ("unknown"): counted wrong in the tables, and apart here
         parts = [f"{t} {r['abstained']} (coverage {r['coverage']:.3f}, accuracy among decided "
                  f"{r['accuracy_decided'] if r['accuracy_decided'] is None else round(r['accuracy_decided'], 3)})"

@@ -59,7 +59,33 @@ def build_tables(results: dict[str, dict], *, with_paper: bool = False) -> list[
         tables.append((SUMMARY_TITLES[trait], summary_frame(results, trait, with_paper=with_paper)))
         if trait in PER_CLASS_TITLES:
             tables.append((PER_CLASS_TITLES[trait], per_class_frame(results, trait, with_paper=with_paper)))
+    scored = {name: result["probabilities"] for name, result in results.items() if "probabilities" in result}
+    if scored:
+        for trait in TRAITS:
+            tables.append((f"Probabilities. {trait.capitalize()}", probability_frame(scored, trait)))
+            precision = next(iter(scored.values()))[trait]["at_precision"]
+            tables.append((f"Probabilities. {trait.capitalize()}: per class, one against the rest "
+                           f"(recall at precision {precision:g})", probability_class_frame(scored, trait)))
     return tables
+
+
+PROBABILITY_MEASURES = {"n_scored": "users", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
+                        "roc_auc": "ROC-AUC (macro)", "pr_auc": "PR-AUC (macro)"}
+CLASS_MEASURES = {"support": "support", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC",
+                  "recall_at_precision": "recall at P", "threshold": "threshold"}
+
+
+def probability_frame(scored: dict[str, dict], trait: str) -> pd.DataFrame:
+    """Log loss, Brier, ECE, macro ROC-AUC and PR-AUC of each probability submission."""
+    return pd.DataFrame([{"system": name, **{title: scores[trait][key] for key, title in PROBABILITY_MEASURES.items()}}
+                         for name, scores in scored.items()])
+
+
+def probability_class_frame(scored: dict[str, dict], trait: str) -> pd.DataFrame:
+    """Per class: ROC-AUC, PR-AUC, recall at precision P and its threshold."""
+    return pd.DataFrame([{"system": name, "class": cls, **{title: values[key] for key, title in CLASS_MEASURES.items()}}
+                         for name, scores in scored.items() for cls, values in scores[trait]["per_class"].items()],
+                        columns=["system", "class", *CLASS_MEASURES.values()])
 
 
 def _cells(frame: pd.DataFrame) -> pd.DataFrame:
