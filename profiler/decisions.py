@@ -9,6 +9,8 @@
   share of at least P truly are of that class. Among the classes cleared the most probable
   wins; a user who clears none gets ``unknown``: an abstention, which ``profiler score``
   counts as such. A class that reaches precision P at no threshold is never predicted.
+- ``,ood=Q`` after any rule (or alone, with the default rule): a user more unusual than a
+  share Q of the validation users (``profiler.ood``) gets ``unknown`` on every trait.
 
 A model trained with "balanced" class weights (the default) already outputs
 prior-corrected probabilities: for it ``balanced`` is its own most probable class and
@@ -43,6 +45,20 @@ def parse_decide(text: str) -> tuple[str, float | None]:
         return "precision", float(found.group(1))
     raise ConfigError(f"--decide must be argmax, balanced or precision=P with 0 < P < 1 (e.g. "
                       f"precision=0.9), not {text[:60]!r}")
+
+
+def split_ood(text: str) -> tuple[str | None, float | None]:
+    """``RULE,ood=Q`` (or ``ood=Q`` alone) as ``(RULE or None, Q)``; ``(text, None)`` without it."""
+    parts = [part.strip() for part in text.split(",")]
+    share = [part for part in parts if part.startswith("ood=")]
+    rest = [part for part in parts if not part.startswith("ood=")]
+    if not share:
+        return text, None
+    found = re.fullmatch(r"ood=([0-9]*\.?[0-9]+)", share[0])
+    if len(share) > 1 or len(rest) > 1 or not found or not 0 < float(found.group(1)) < 1:
+        raise ConfigError(f"--decide: give one rule and at most one ood=Q with 0 < Q < 1 (e.g. "
+                          f"balanced,ood=0.99), not {text[:60]!r}")
+    return (rest[0] if rest else None), float(found.group(1))
 
 
 def record(probabilities: dict[str, np.ndarray], truth: dict[str, np.ndarray],
@@ -110,9 +126,19 @@ class Decider:
 
     def __init__(self, decide: str | None, info: dict, *, name: str = "model"):
         decisions = info.get("decisions")
-        decide = decide or ("balanced" if decisions else "argmax")
-        self.text = decide
+        rule, self.ood_share = split_ood(decide) if decide else (None, None)
+        decide = rule or ("balanced" if decisions else "argmax")
+        self.text = decide + (f",ood={self.ood_share:g}" if self.ood_share else "")
         self.rule, self.precision = parse_decide(decide)
+        self.ood_cut = None
+        if self.ood_share:
+            if not info.get("ood"):
+                raise ConfigError(f"{name}: --decide ood={self.ood_share:g} needs the out-of-distribution "
+                                  "record that training stores with the calibration, and this model has "
+                                  "none (trained with calibrate=false, or by an older version); retrain")
+            from profiler.ood import Scorer
+
+            self.ood_cut = Scorer(info["ood"]).threshold(self.ood_share)
         self.labels = info["labels"]
         self.weighted = bool(decisions) and decisions.get("class_weight") == "balanced"
         if self.rule != "argmax" and not decisions:
@@ -137,10 +163,17 @@ class Decider:
             return ABSTAIN
         return self.labels[trait][int(np.argmax(np.where(cleared, p, -1.0)))]
 
+    def abstains(self, ood_score: float | None) -> bool:
+        """Whether a user with this out-of-distribution score gets ``unknown`` on every trait
+        (``ood=Q``: more unusual than a share Q of the validation users)."""
+        return self.ood_cut is not None and ood_score is not None and ood_score > self.ood_cut
+
     def describe(self) -> dict:
         """The rule and, for ``precision=P``, the thresholds used (None: the class is never predicted)."""
         out = {"rule": self.text}
         if self.cuts is not None:
             out["thresholds"] = {t: {c: (None if not np.isfinite(v) else round(float(v), 6))
                                      for c, v in zip(self.labels[t], self.cuts[t])} for t in TRAITS}
+        if self.ood_cut is not None:
+            out["ood_threshold"] = round(self.ood_cut, 6)
         return out

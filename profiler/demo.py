@@ -105,7 +105,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         summaries[name] = _train_once(name, configs[name], cache, runs / name, progress, timings)
     _log("[4/5] predicting the test split with each model")
     truth = load_truth_for_scoring(data / "test")
-    results, calibration = {}, {}
+    results, calibration, tables = {}, {}, {}
     for name in ("set", "model1", "model2"):
         t = time.perf_counter()
         with EmbeddingStore(store_path) as store:
@@ -116,9 +116,14 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         timings[f"predict_{name}_s"] = time.perf_counter() - t
         timings[f"predict_{name}_users_per_s"] = len(predicted) / timings[f"predict_{name}_s"]
         write_submission(predicted, out / "submissions" / f"{name}.txt")
+        tables[name] = predicted
         results[SYSTEM_NAMES[name]] = score_table(truth, predicted, bootstrap=BOOTSTRAP, seed=seed)
         calibration[SYSTEM_NAMES[name]] = calibration_report(truth, predicted)
     test_users = len(predicted)
+    t = time.perf_counter()
+    unusual = unusual_check(tables, data / "unusual", runs, store_path, seed=seed, workers=workers)
+    timings["unusual_check_s"] = time.perf_counter() - t
+    atomic_write_text(out / "ood.json", json.dumps(unusual, indent=2) + "\n")
     _log("[5/5] scoring and writing results")
     submissions = {}
     oracle_submission(data, out / "submissions" / "item_oracle.txt")
@@ -168,12 +173,58 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         "temperature (`calibration.json`, reliability diagrams `reliability_*.png`). The labels, "
         "so the tables above, do not change.", "",
         calibration_table(calibration), "",
+        f"Out of distribution: every prediction carries a score (`ood`) of how unlike the training "
+        f"images a user's images are (`profiler.ood`). It tells the {test_users} test users from "
+        f"{UNUSUAL_PER_KIND} users each of solid colours, noise and photographs (`{data / 'unusual'}`) "
+        "with this ROC-AUC; the last columns: the share of each that `--decide ...,ood=0.99` sets to "
+        "`unknown` (`ood.json`).", "",
+        unusual_table(unusual), "",
         _cost_lines(timings, summaries, embedded, test_users), "",
         "The paper's Tables 1-5 with its own rows beside ours: `tables.md` (`tables.csv`). "
         "Confusion matrices: `confusion_*.png`. Training curves: `training_curves_*.png`.",
     ]
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return {"out": str(out), "table": table, "timings": timings, "summaries": summaries}
+
+
+UNUSUAL_PER_KIND = 50
+
+
+def unusual_check(tables: dict, folder: Path, runs: Path, store_path: Path, *, seed: int, workers: int) -> dict:
+    """The out-of-distribution check of each model (``profiler.ood.check``): its test users'
+    scores (``tables``: the predicted test split per model) against users of unusual images,
+    made in ``folder`` if they are not there."""
+    from data_prep.sample.unusual import KINDS, make_unusual_users
+    from profiler import ood
+    from profiler.embeddings import EmbeddingStore
+
+    marker = folder / "made.json"
+    wanted = {"per_kind": UNUSUAL_PER_KIND, "seed": seed}
+    if not marker.is_file() or json.loads(marker.read_text()) != wanted:
+        _log(f"      making {UNUSUAL_PER_KIND} users each of {', '.join(KINDS)} in {folder}")
+        if folder.exists():
+            shutil.rmtree(folder)
+        make_unusual_users(folder, UNUSUAL_PER_KIND, seed=seed)
+        atomic_write_text(marker, json.dumps(wanted) + "\n")
+    out = {}
+    for name, table in tables.items():
+        with EmbeddingStore(store_path) as store:
+            odd = predict_dataset(runs / name / "model.keras", folder, workers=workers, progress=False, store=store)
+        kinds = odd["user_id"].str.split("-").str[1]
+        out[SYSTEM_NAMES[name]] = ood.check(table["ood"].to_numpy(float),
+                                            {k: odd.loc[kinds == k, "ood"].to_numpy(float) for k in KINDS},
+                                            table.attrs["model"]["ood"]["validation"])
+    return out
+
+
+def unusual_table(report: dict) -> str:
+    """The out-of-distribution check as a Markdown table."""
+    from tabulate import tabulate
+
+    rows = [{"system": name, "ROC-AUC": r["roc_auc"], **{k: v for k, v in r["roc_auc_per_kind"].items()},
+             "abstain at 0.99: test users": r["abstain"]["0.99"]["known"],
+             "unusual users": r["abstain"]["0.99"]["unusual"]} for name, r in report.items()]
+    return tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3f")
 
 
 def _cost_lines(timings: dict, summaries: dict, embedded, test_users: int) -> str:

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from core.errors import ModelFileError
-from core.labels import TRAITS
+from core.labels import ABSTAIN, TRAITS
 from data_prep.cache import decoding_pool
 from data_prep.dataset import User, discover_users
 from profiler.batching import padded_chunks
@@ -55,6 +55,8 @@ class Predictor:
     info: dict
     reader: Reader
     decider: object = None  # profiler.decisions.Decider: probabilities -> labels
+    run: object = None  # the family's runner: chunk -> (outputs, items for the ood score)
+    scorer: object = None  # profiler.ood.Scorer, where the model records one
 
     @classmethod
     def load(cls, model, *, encoder=None, store=None, decide: str | None = None) -> "Predictor":
@@ -79,25 +81,46 @@ class Predictor:
                                  "no profiler variant or labels); give the model.keras of a training run")
         family = family_of(info["variant"])
         decider = Decider(decide, info, name=str(name))
-        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store), decider)
+        scorer = None
+        if info.get("ood"):
+            from profiler.ood import Scorer
+
+            scorer = Scorer(info["ood"])
+        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store), decider,
+                   family.runner(model), scorer)
 
     def probabilities(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Calibrated class probabilities per trait for a stack of model inputs (``evaluate``)."""
+        return self.evaluate(inputs)[0]
+
+    def evaluate(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Calibrated class probabilities per trait for a stack of model inputs, in fixed-size
-        chunks: the model's softmax with each head's temperature (``profiler.calibration``)."""
+        chunks (the model's softmax with each head's temperature: ``profiler.calibration``),
+        and each input's out-of-distribution score (``profiler.ood``; NaN if the model has no record)."""
         from profiler.calibration import apply_temperature
 
-        out = {t: [] for t in TRAITS}
+        out, ood = {t: [] for t in TRAITS}, []
         for chunk, n_real in padded_chunks(inputs, COMPUTE_BATCH):
-            result = self._forward(chunk)
+            result, items = self._forward(chunk)
             for t in TRAITS:
                 out[t].append(np.asarray(result[t])[:n_real])
-        return {t: apply_temperature(np.concatenate(v), self.info["temperatures"][t]) if v
-                else np.zeros((0, len(self.info["labels"][t]))) for t, v in out.items()}
+            ood.extend(self._ood(rows) for rows in items[:n_real])
+        probs = {t: apply_temperature(np.concatenate(v), self.info["temperatures"][t]) if v
+                 else np.zeros((0, len(self.info["labels"][t]))) for t, v in out.items()}
+        return probs, np.asarray(ood, np.float64)
 
+    def _forward(self, chunk: np.ndarray) -> tuple[dict, list]:
+        """The model on one chunk (compiled: faster than an eager call; README, Speed), and each
+        input's items for the out-of-distribution score."""
+        return self.run(chunk)
 
-    def _forward(self, chunk: np.ndarray) -> dict:
-        """The model on one chunk (compiled: faster than an eager call; README, Speed)."""
-        return self.model.predict_on_batch(chunk)
+    def _ood(self, rows: np.ndarray) -> float:
+        if self.scorer is None:
+            return float("nan")
+        if rows.shape[-1] != len(self.scorer.mean):
+            raise ModelFileError(f"the model's out-of-distribution record is for items of width "
+                                 f"{len(self.scorer.mean)}, but its inputs give {rows.shape[-1]}")
+        return self.scorer.score(rows)
 
 
 def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, seed: int) -> list[dict]:
@@ -105,22 +128,27 @@ def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, s
     labels = predictor.info["labels"]
     ok = [i for i, f in enumerate(featurized) if f.count]
     stacks = [reader.inputs(featurized[i], tta, seed) for i in ok]
-    probs = predictor.probabilities(np.concatenate(stacks)) if stacks else {}
-    per_user = {}
+    probs, ood = predictor.evaluate(np.concatenate(stacks)) if stacks else ({}, None)
+    per_user, unusual = {}, {}
     start = 0
     for i, stack in zip(ok, stacks):
         per_user[i] = {t: probs[t][start:start + len(stack)].mean(axis=0) for t in TRAITS}
+        unusual[i] = float(ood[start:start + len(stack)].mean())
         start += len(stack)
     rows = []
     for i, (user, got) in enumerate(zip(users, featurized)):
         row = {"user_id": user.user_id, "path": str(user.files[0].parent) if user.files else "",
                "files": len(user.files), "images_used": min(got.count, reader.max_images),
                "filled": reader.fills and 0 < got.count < reader.max_images, "error": None,
-               "decide": predictor.decider.text, "skipped": [{"file": f, "reason": r} for f, r in got.skipped]}
+               "decide": predictor.decider.text, "ood": None, "ood_rank": None,
+               "skipped": [{"file": f, "reason": r} for f, r in got.skipped]}
         if i in per_user:
+            if np.isfinite(unusual[i]):
+                row["ood"], row["ood_rank"] = unusual[i], predictor.scorer.rank(unusual[i])
+            abstain = predictor.decider.abstains(row["ood"])
             for t in TRAITS:
                 vector = per_user[i][t]
-                row[t] = predictor.decider.label(t, vector)
+                row[t] = ABSTAIN if abstain else predictor.decider.label(t, vector)
                 row[f"{t}_probabilities"] = {c: float(v) for c, v in zip(labels[t], vector)}
         else:
             row["error"] = "no image files" if not user.files else "no usable image"
@@ -173,11 +201,16 @@ def predict_users(paths, model, *, batch_size: int = 32, tta: int = 0, seed: int
     return flatten(rows, predictor.info["labels"])
 
 
+#: the per-user fields before the traits, in every output format (``ood``: the out-of-distribution
+#: score, ``ood_rank``: the share of validation users with a lower one; ``profiler.ood``)
+RECORD_FIELDS = ("user_id", "path", "files", "images_used", "filled", "error", "decide", "ood", "ood_rank")
+
+
 def flatten(rows: list[dict], labels: dict) -> pd.DataFrame:
     """Per-user result dicts as a flat table (one column per class probability)."""
     records = []
     for row in rows:
-        flat = {k: row[k] for k in ("user_id", "path", "files", "images_used", "filled", "error", "decide")}
+        flat = {k: row[k] for k in RECORD_FIELDS} | {k: np.nan if row[k] is None else row[k] for k in ("ood", "ood_rank")}
         for t in TRAITS:
             flat[t] = row[t]
             for c in labels[t]:
@@ -185,14 +218,14 @@ def flatten(rows: list[dict], labels: dict) -> pd.DataFrame:
                 flat[f"{t}:{c}"] = probs[c] if probs else np.nan
         flat["skipped"] = json.dumps(row["skipped"])
         records.append(flat)
-    columns = (["user_id", "path", "files", "images_used", "filled", "error", "decide", *TRAITS]
+    columns = ([*RECORD_FIELDS, *TRAITS]
                + [f"{t}:{c}" for t in TRAITS for c in labels[t]] + ["skipped"])
     return pd.DataFrame(records, columns=columns)
 
 
 def to_json_record(row: dict) -> dict:
     """A per-user result as nested JSON: each trait with its label and probabilities."""
-    out = {k: row[k] for k in ("user_id", "path", "files", "images_used", "filled", "error", "decide")}
+    out = {k: row[k] for k in RECORD_FIELDS}
     for t in TRAITS:
         out[t] = None if row[t] is None else {"label": row[t], "probabilities": row[f"{t}_probabilities"]}
     out["skipped"] = row["skipped"]

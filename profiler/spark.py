@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -252,7 +253,7 @@ def result_schema(labels: dict) -> str:
     list of (file, reason), and the user's ``position`` in the listing."""
     probabilities = ", ".join(f"`{t}:{c}` double" for t in TRAITS for c in labels[t])
     return ("position long, user_id string, path string, files long, images_used long, filled boolean, "
-            f"error string, decide string, gender string, location string, occupation string, {probabilities}, "
+            f"error string, decide string, ood double, ood_rank double, gender string, location string, occupation string, {probabilities}, "
             "skipped array<struct<file: string, reason: string>>")
 
 
@@ -295,7 +296,12 @@ def predict_frame(spark, users, model_path: str | Path, labels: dict, *, partiti
 
 def unflatten(record: dict, labels: dict) -> dict:
     """A result row of ``result_schema`` as ``prediction``'s per-user dict (for its writers)."""
-    row = {k: record[k] for k in ("user_id", "path", "files", "images_used", "filled", "error", "decide")}
+    from profiler.prediction import RECORD_FIELDS
+
+    row = {k: record[k] for k in RECORD_FIELDS}
+    for k in ("ood", "ood_rank"):  # Spark reads a missing score (NaN in pandas) as NaN
+        if row[k] is not None and not math.isfinite(row[k]):
+            row[k] = None
     for t in TRAITS:
         row[t] = record[t]
         row[f"{t}_probabilities"] = (None if record[t] is None else

@@ -374,7 +374,9 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
     """Fit each head's temperature on the users at ``positions`` (the validation split) from
     the kept checkpoint's probabilities, and store them in the checkpoint (atomically), with
     what the decision rules need (``profiler.decisions.record``: the training users' class
-    shares, the validation users' calibrated probabilities and labels).
+    shares, the validation users' calibrated probabilities and labels) and the reference of
+    the out-of-distribution score (``profiler.ood``: the training users' items, the
+    validation users' scores).
 
     Returns per trait the temperature and the log loss, Brier score and ECE before and after.
     """
@@ -383,11 +385,13 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
     from profiler.models.io import load_model, save_model
 
     best = load_model(path)
-    probs = {t: [] for t in TRAITS}
+    run = family.runner(best)
+    probs, items = {t: [] for t in TRAITS}, []
     for i in range(0, len(positions), config.batch_size):
         x = family.batch(data, positions[i:i + config.batch_size], config, None)
         for chunk, n_real in padded_chunks(x, config.batch_size):  # one shape for every call
-            out = best.predict_on_batch(chunk)
+            out, chunk_items = run(chunk)
+            items.extend(chunk_items[:n_real])
             for t in TRAITS:
                 probs[t].append(np.asarray(out[t])[:n_real])
     report, temperatures, calibrated = {}, {}, {}
@@ -403,6 +407,9 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
     best.decisions = record(calibrated, {t: data.labels(t)[positions] for t in TRAITS},
                             {t: data.labels(t)[train_positions] for t in TRAITS}, best.labels,
                             class_weight=config.class_weight)
+    from profiler import ood
+
+    best.ood = ood.fit(family.ood_train_items(best, data, train_positions, config), items, seed=config.seed)
     save_model(best, path)
     return report
 

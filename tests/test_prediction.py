@@ -94,8 +94,8 @@ def test_csv_and_bad_model(setup, tmp_path):
     _, data, model = setup
     result = run("predict", data / "images" / "a", "--model", model, "--format", "csv", "-q")
     header = result.stdout.splitlines()[0].split(",")
-    assert header[:10] == ["user_id", "path", "files", "images_used", "filled", "error", "decide", "gender",
-                           "location", "occupation"]
+    assert header[:12] == ["user_id", "path", "files", "images_used", "filled", "error", "decide", "ood",
+                           "ood_rank", "gender", "location", "occupation"]
     assert result.stdout.splitlines()[1].split(",")[6] == "argmax"
     assert "gender:female" in header and "occupation:health" in header
     bad = tmp_path / "bad.keras"

@@ -90,6 +90,35 @@ class Family(ABC):
     def input_spec(self, data, config):
         """The ``tf.TensorSpec`` of a batch of inputs."""
 
+    def runner(self, model):
+        """``run(chunk) -> (outputs, items)``: the model's outputs (a dict per trait) for a chunk
+        of inputs, and each input's items for the out-of-distribution score (``profiler.ood``),
+        one array of rows per input. By default a user's items are the pooled vector its model
+        reads before the heads (the layer named "pool")."""
+        from profiler.backend import import_keras
+        from core.labels import TRAITS
+
+        keras = import_keras()
+        both = keras.Model(model.inputs, [model.get_layer(t).output for t in TRAITS] + [model.get_layer("pool").output])
+
+        def run(chunk):
+            *heads, pooled = both.predict_on_batch(chunk)
+            pooled = np.asarray(pooled).reshape(len(chunk), 1, -1)
+            return dict(zip(TRAITS, heads)), list(pooled)
+        return run
+
+    def ood_train_items(self, model, data, positions: np.ndarray, config) -> np.ndarray:
+        """The training users' items (rows) for ``profiler.ood.fit``: by default each user's
+        items from ``runner``, on the fixed (validation-style) inputs."""
+        from profiler.batching import padded_chunks
+
+        run, rows = self.runner(model), []
+        for i in range(0, len(positions), config.batch_size):
+            x = self.batch(data, positions[i:i + config.batch_size], config, None)
+            for chunk, n_real in padded_chunks(x, config.batch_size):
+                rows.extend(run(chunk)[1][:n_real])
+        return np.concatenate(rows)
+
     @abstractmethod
     def reader(self, info: dict, *, name: str = "model", encoder=None, store=None) -> Reader:
         """The ``Reader`` for a trained model described by ``info`` (``models.io.model_info``)."""

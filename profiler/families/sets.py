@@ -130,6 +130,15 @@ class SetFamily(Family):
 
         return tf.TensorSpec((None, config.cap, data.dim + 1), tf.float32)
 
+    def runner(self, model):
+        """A user's items for the out-of-distribution score are its image embeddings."""
+        def run(chunk):
+            return model.predict_on_batch(chunk), [row[row[:, -1] > 0, :-1] for row in chunk]
+        return run
+
+    def ood_train_items(self, model, data, positions, config):
+        return np.concatenate([data.user_images(int(i)) for i in positions])
+
     def reader(self, info, *, name="model", encoder=None, store=None):
         from profiler.embeddings import EmbeddingStore
         from profiler.encoders import get_encoder

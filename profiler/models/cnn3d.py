@@ -80,11 +80,11 @@ class Cnn3dProfiler(keras.Model):
                  dropout: float = 0.5, batch_norm: bool = True, pooling: str = "avg",
                  image_fit: str = "pad", labels: dict | None = None,
                  profiler_version: str | None = None, temperatures: dict | None = None,
-                 decisions: dict | None = None, **kwargs):
+                 decisions: dict | None = None, ood: dict | None = None, **kwargs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         labels = labels or label_space()
-        check_config(labels, temperatures, decisions, p=p, height=height, width=width, filters=list(filters or []),
+        check_config(labels, temperatures, decisions, ood, p=p, height=height, width=width, filters=list(filters or []),
                      dense=list(dense))
         blocks = block_list(variant, filters)
         inputs = keras.Input((p, height, width, 3), dtype="uint8", name="volume")
@@ -110,12 +110,13 @@ class Cnn3dProfiler(keras.Model):
         self.profiler_version = profiler_version or __version__
         self.temperatures = temperatures_of(temperatures)  # fitted after training; see calibration
         self.decisions = decisions  # recorded after training; see profiler.decisions
+        self.ood = ood  # recorded after training; see profiler.ood
 
     def get_config(self) -> dict:
         return {"variant": self.variant, "p": self.p, "height": self.height, "width": self.width,
                 "filters": list(self.filters), "dense": list(self.dense), "dropout": self.dropout,
                 "batch_norm": self.batch_norm, "pooling": self.pooling, "image_fit": self.image_fit,
-                "labels": self.labels, "temperatures": self.temperatures, "decisions": self.decisions,
+                "labels": self.labels, "temperatures": self.temperatures, "decisions": self.decisions, "ood": self.ood,
                 "profiler_version": self.profiler_version, "name": self.name}
 
     @classmethod

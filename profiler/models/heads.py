@@ -24,7 +24,7 @@ LIMITS = {"p": (1, 256), "height": (8, 2048), "width": (8, 2048), "cap": (1, 409
 
 
 def check_config(labels: dict, temperatures: dict | None = None, decisions: dict | None = None,
-                 **values) -> None:
+                 ood: dict | None = None, **values) -> None:
     """Raise ``ValueError`` unless a model's labels are this version's and every size is in
     ``LIMITS`` (``values``: name -> a whole number or a list of them; list entries are "units")."""
     from core.labels import check_label_space
@@ -41,6 +41,9 @@ def check_config(labels: dict, temperatures: dict | None = None, decisions: dict
     from profiler.decisions import check_record
 
     check_record(decisions, labels)
+    from profiler import ood as ood_score
+
+    ood_score.check_record(ood)
 
 
 def temperatures_of(temperatures: dict | None) -> dict[str, float]:

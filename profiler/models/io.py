@@ -48,7 +48,7 @@ def model_info(model) -> dict:
     info = {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
             "width": config.get("width"), "fit": config.get("image_fit", "pad"), "labels": config.get("labels"),
             "temperatures": {t: 1.0 for t in config.get("labels") or {}} | (config.get("temperatures") or {}),
-            "profiler_version": config.get("profiler_version"), "decisions": config.get("decisions")}
+            "profiler_version": config.get("profiler_version"), "decisions": config.get("decisions"), "ood": config.get("ood")}
     if info["variant"] == "set":
         info.update(cap=config["cap"], encoder=config["encoder"], dim=config["dim"],
                     pooling=config["pooling"])

@@ -217,9 +217,9 @@ class SetProfiler(keras.Model):
                  dropout: float = 0.5, pooling: str = "mean", mean=None, variance=None,
                  labels: dict | None = None, profiler_version: str | None = None,
                  neighbours: dict | None = None, temperatures: dict | None = None,
-                 decisions: dict | None = None, **kwargs):
+                 decisions: dict | None = None, ood: dict | None = None, **kwargs):
         labels = labels or label_space()
-        check_config(labels, temperatures, decisions, dim=dim, cap=cap, hidden=list(hidden), dense=list(dense))
+        check_config(labels, temperatures, decisions, ood, dim=dim, cap=cap, hidden=list(hidden), dense=list(dense))
         mean = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
         variance = np.ones(dim, np.float32) if variance is None else np.asarray(variance, np.float32)
         inputs = keras.Input((cap, dim + 1), dtype="float32", name="set")
@@ -261,6 +261,7 @@ class SetProfiler(keras.Model):
         self.profiler_version = profiler_version or __version__
         self.temperatures = temperatures_of(temperatures)  # fitted after training; see calibration
         self.decisions = decisions  # recorded after training; see profiler.decisions
+        self.ood = ood  # recorded after training; see profiler.ood
         self.neighbours = (None if pooling != "neighbours" else
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
                             if k in ("size", "dims", "k", "temperature")})
@@ -295,7 +296,7 @@ class SetProfiler(keras.Model):
                 "pooling": self.pooling, "mean": self.mean.tolist(), "variance": self.variance.tolist(),
                 "labels": self.labels, "profiler_version": self.profiler_version,
                 "neighbours": self.neighbours, "temperatures": self.temperatures,
-                "decisions": self.decisions, "name": self.name}
+                "decisions": self.decisions, "ood": self.ood, "name": self.name}
 
     @classmethod
     def from_config(cls, config: dict) -> "SetProfiler":
