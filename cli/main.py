@@ -16,6 +16,7 @@ import click
 
 from cli.embed import embed
 from cli.evaluate import demo, evaluate
+from cli.explain import explain
 from cli.predict import predict
 from cli.prepare import prepare
 from cli.sample_data import sample_data
@@ -70,5 +71,5 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-for command in (sample_data, prepare, train, predict, embed, score, evaluate, demo):
+for command in (sample_data, prepare, train, predict, explain, embed, score, evaluate, demo):
     main.add_command(command)

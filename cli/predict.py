@@ -39,12 +39,16 @@ SHOWN_SKIPPED = 5
                    "class only above a threshold fitted on the validation split to reach precision P; a "
                    "user above none gets 'unknown')  [default: balanced; argmax for a model trained "
                    "with calibrate=false]")
+@click.option("--explain", type=click.IntRange(0, 64), default=0, metavar="K",
+              help="Add each user's evidence (json and jsonl): per trait, the K images that support the "
+                   "decided class most and by how much its probability falls without each (leave one "
+                   "image out; a 3D CNN's image blacked out). One more model pass per image  [default: 0, none]")
 @workers_option(default="1 for a few users, else the usable cores")
 @embeddings_option()
 @spark_options("Profile")
 @quiet_option()
-def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, workers, store_path, engine, master,
-            partitions, quiet):
+def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, explain, workers, store_path, engine,
+            master, partitions, quiet):
     """Profile the users in PATHS: user image folders and/or dataset folders.
 
     Each user gets a label and the probability of every class for gender, location and
@@ -76,6 +80,8 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, worke
     fmt = fmt or ("parquet" if engine == "spark" else "json")
     if fmt == "parquet" and (engine != "spark" or not output):
         raise click.UsageError("--format parquet needs --engine spark and --output (a folder)")
+    if explain and (fmt not in ("json", "jsonl") or engine == "spark"):
+        raise click.UsageError("--explain writes its evidence in the json and jsonl formats, with --engine local")
     if output and fmt != "parquet" and Path(output).is_dir():
         raise click.UsageError(f"--output {output}: a folder; the {fmt} format writes a file")
     users = discover_users(list(paths))
@@ -111,7 +117,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, worke
         if workers is None:
             workers = default_workers() if len(users) >= 4 * batch_size else 1
         failed = _write(iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
-                                         workers=workers, progress=not quiet), fmt, labels, output)
+                                         workers=workers, progress=not quiet, explain=explain), fmt, labels, output)
     if output:
         click.echo(f"wrote {len(users)} users to {output}", err=True)
     if failed:

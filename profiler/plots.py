@@ -139,3 +139,38 @@ def training_curves(history_csv: str | Path, path: str | Path, *, title: str,
     right.legend(fontsize=7)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def explanation_sheet(folder: str | Path, evidence: dict, path: str | Path, *, title: str, size: int = 96) -> Path:
+    """One user's images ranked by their effect on each trait's prediction: a row per trait,
+    most supportive first, each image with its effect (green: for the class, red: against),
+    the trait's class and probability on the left. ``evidence``: ``prediction.explain_user``'s."""
+    from core.errors import ImageError
+    from data_prep.images import load_image
+
+    plt = _pyplot()
+    columns = max(len(e["images"]) for e in evidence.values())
+    fig, axes = plt.subplots(len(evidence), columns, figsize=(1.25 * columns + 1.9, 1.55 * len(evidence)),
+                             squeeze=False)
+    for r, (trait, e) in enumerate(evidence.items()):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c >= len(e["images"]):
+                continue
+            item = e["images"][c]
+            try:
+                ax.imshow(load_image(Path(folder) / item["file"], (size, size)))
+            except ImageError as exc:
+                ax.text(0.5, 0.5, exc.reason.split(" (")[0][:24], ha="center", va="center", fontsize=6,
+                        transform=ax.transAxes)
+            effect = item["effect"]
+            ax.set_title(f"{effect:+.3f}", fontsize=7, color="forestgreen" if effect > 0 else
+                         "crimson" if effect < 0 else "dimgray")
+        axes[r][0].set_ylabel(f"{trait}\n{e['class']}\np = {e['probability']:.2f}", rotation=0, ha="right",
+                              va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

@@ -123,7 +123,33 @@ class Predictor:
         return self.scorer.score(rows)
 
 
-def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, seed: int) -> list[dict]:
+def explain_user(predictor: Predictor, user, decided: dict | None = None) -> dict:
+    """Which of a featurized user's images moved each trait's prediction, and by how much.
+
+    The images are taken out one at a time (``Reader.ablations``: left out of the set model's
+    set, blacked out of a 3D CNN's volume) from the deterministic input (no ``--tta``). Per
+    trait: the class explained (``decided``'s label; the most probable where there is none or
+    it abstains), its probability, and every image with its ``effect``: how much that
+    probability falls without it (negative: the image speaks against the class), most
+    supportive first (ties in the input's order).
+    """
+    stack, names = predictor.reader.ablations(user)
+    probs = predictor.probabilities(stack)
+    labels = predictor.info["labels"]
+    out = {}
+    for t in TRAITS:
+        full = probs[t][0]
+        label = (decided or {}).get(t)
+        c = labels[t].index(label) if label in labels[t] else int(np.argmax(full))
+        effects = full[c] - probs[t][1:, c]
+        order = np.argsort(-effects, kind="stable")
+        out[t] = {"class": labels[t][c], "probability": float(full[c]),
+                  "images": [{"file": names[i], "effect": float(effects[i])} for i in order]}
+    return out
+
+
+def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, seed: int,
+          explain: int = 0) -> list[dict]:
     reader = predictor.reader
     labels = predictor.info["labels"]
     ok = [i for i, f in enumerate(featurized) if f.count]
@@ -150,6 +176,9 @@ def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, s
                 vector = per_user[i][t]
                 row[t] = ABSTAIN if abstain else predictor.decider.label(t, vector)
                 row[f"{t}_probabilities"] = {c: float(v) for c, v in zip(labels[t], vector)}
+            if explain:
+                evidence = explain_user(predictor, got, {t: row[t] for t in TRAITS})
+                row["evidence"] = {t: dict(e, images=e["images"][:explain]) for t, e in evidence.items()}
         else:
             row["error"] = "no image files" if not user.files else "no usable image"
             for t in TRAITS:
@@ -160,8 +189,12 @@ def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, s
 
 
 def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int = 32,
-                     tta: int = 0, seed: int = 0, workers: int = 1, progress: bool = False):
-    """Yield lists of per-user result dicts, one list per batch, in the users' order."""
+                     tta: int = 0, seed: int = 0, workers: int = 1, progress: bool = False,
+                     explain: int = 0):
+    """Yield lists of per-user result dicts, one list per batch, in the users' order.
+
+    ``explain`` > 0 adds each profiled user's ``evidence``: per trait the ``explain`` images
+    that support the decided class most (``explain_user``; one more model pass per image)."""
     batches = [users[i:i + batch_size] for i in range(0, len(users), batch_size)]
     bar = tqdm(total=len(users), unit="user", desc="profiling", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -178,7 +211,7 @@ def iter_predictions(users: list[User], predictor: Predictor, *, batch_size: int
             decoded = pending.result()
             if k + 1 < len(batches):
                 pending = background.submit(decode, batches[k + 1])
-            yield _rows(batch, decoded, predictor, tta, seed)
+            yield _rows(batch, decoded, predictor, tta, seed, explain)
             bar.update(len(batch))
     bar.close()
 
@@ -229,6 +262,8 @@ def to_json_record(row: dict) -> dict:
     for t in TRAITS:
         out[t] = None if row[t] is None else {"label": row[t], "probabilities": row[f"{t}_probabilities"]}
     out["skipped"] = row["skipped"]
+    if "evidence" in row:
+        out["evidence"] = row["evidence"]
     return out
 
 

@@ -40,6 +40,12 @@ class Reader(ABC):
     def inputs(self, user, tta: int, seed: int) -> np.ndarray:
         """One user's model inputs: one, or ``tta`` random choices of their images."""
 
+    @abstractmethod
+    def ablations(self, user, drops: list[tuple[int, ...]] | None = None) -> tuple[np.ndarray, list[str]]:
+        """For explanations: the user's deterministic model input with the images at each of
+        ``drops`` taken out (positions in the order of the names returned, the files' names);
+        by default the whole input, then one input without each image in turn."""
+
     def close(self) -> None:
         """Release what the reader holds open (a cache file)."""
 

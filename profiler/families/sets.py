@@ -63,6 +63,14 @@ class SetReader(Reader):
         rng = np.random.default_rng([seed, zlib.crc32(user.user_id.encode())])
         return user_sets(user.vectors, self.max_images, rng, draws=tta)
 
+    def ablations(self, user, drops=None):
+        """Images taken out of the set (the head reads any subset as it is)."""
+        n = min(len(user.vectors), self.max_images)
+        drops = [()] + [(j,) for j in range(n)] if drops is None else drops
+        every = np.arange(n)
+        return (np.stack([pack_set(user.vectors, self.max_images, np.delete(every, list(d))) for d in drops]),
+                list(user.used[:n]))
+
     def close(self):
         self.store.close()
 

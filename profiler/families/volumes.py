@@ -57,6 +57,21 @@ class VolumeReader(Reader):
         rng = np.random.default_rng([seed, zlib.crc32(user.user_id.encode())])
         return user_volumes(user.images, self.max_images, rng, draws=tta)
 
+    def ablations(self, user, drops=None):
+        """Occlusion: every slot of the volume holding an image taken out is set to black."""
+        from data_prep.volumes import select_indices
+
+        slots = select_indices(len(user.images), self.max_images)
+        full = user.images[slots]
+        shown = list(dict.fromkeys(int(i) for i in slots))  # each image once, in volume order
+        drops = [()] + [(j,) for j in range(len(shown))] if drops is None else drops
+        stack = []
+        for drop in drops:
+            occluded = full.copy()
+            occluded[np.isin(slots, [shown[j] for j in drop])] = 0
+            stack.append(occluded)
+        return np.stack(stack), [user.used[j] for j in shown]
+
 
 class VolumeFamily(Family):
     name = "volumes"
