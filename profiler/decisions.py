@@ -12,9 +12,11 @@
 - ``,ood=Q`` after any rule (or alone, with the default rule): a user more unusual than a
   share Q of the validation users (``profiler.ood``) gets ``unknown`` on every trait.
 
-A model trained with "balanced" class weights (the default) already outputs
-prior-corrected probabilities: for it ``balanced`` is its own most probable class and
-``argmax`` multiplies by the priors back (``p(c) * prior(c)``). The default rule is
+The probabilities are posteriors under the training users' class shares: a model trained
+with "balanced" class weights (the default) has its outputs shifted back to them
+(``profiler.calibration``). (A model saved by an earlier version, whose outputs are not
+shifted, is still balanced: for it ``balanced`` is its own most probable class and
+``argmax`` multiplies by the priors back, ``p(c) * prior(c)``.) The default rule is
 ``balanced`` for a model with a record; a model without one (``calibrate=false``, an
 older version) can only use its own most probable class (``argmax``).
 
@@ -61,15 +63,22 @@ def split_ood(text: str) -> tuple[str | None, float | None]:
     return (rest[0] if rest else None), float(found.group(1))
 
 
+def class_shares(train_labels: np.ndarray, k: int) -> np.ndarray:
+    """Each class's share of the training users, add-one smoothed (never 0)."""
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=k).astype(float)
+    return ((counts + 1) / (counts.sum() + k)).round(6)
+
+
 def record(probabilities: dict[str, np.ndarray], truth: dict[str, np.ndarray],
-           train_labels: dict[str, np.ndarray], labels: dict, class_weight: str = "none") -> dict:
+           train_labels: dict[str, np.ndarray], labels: dict, class_weight: str = "none",
+           shifted: bool = False) -> dict:
     """What a model stores for its decision rules (``check_record`` reads it back);
-    ``class_weight``: how training weighed the classes ("balanced" or "none")."""
-    out = {"priors": {}, "validation": {}, "class_weight": class_weight}
+    ``class_weight``: how training weighed the classes ("balanced" or "none"); ``shifted``:
+    whether prediction shifts the model's outputs back to the training shares (``profiler.calibration``)."""
+    out = {"priors": {}, "validation": {}, "class_weight": class_weight, "shifted": shifted}
     for t in TRAITS:
         k = len(labels[t])
-        counts = np.bincount(np.asarray(train_labels[t], np.int64), minlength=k).astype(float)
-        out["priors"][t] = ((counts + 1) / (counts.sum() + k)).round(6).tolist()  # add-one smoothed
+        out["priors"][t] = class_shares(train_labels[t], k).tolist()
         out["validation"][t] = {"labels": np.asarray(truth[t], np.int64).tolist(),
                                 "probabilities": np.asarray(probabilities[t], np.float64).round(6).tolist()}
     return out
@@ -80,8 +89,9 @@ def check_record(decisions: dict | None, labels: dict) -> None:
     if decisions is None:
         return
     if not isinstance(decisions, dict) or not {"priors", "validation"} <= set(decisions) \
-            <= {"priors", "validation", "class_weight"} \
-            or decisions.get("class_weight", "none") not in ("balanced", "none"):
+            <= {"priors", "validation", "class_weight", "shifted"} \
+            or decisions.get("class_weight", "none") not in ("balanced", "none") \
+            or not isinstance(decisions.get("shifted", False), bool):
         raise ValueError("decisions must hold priors, validation and a class_weight of balanced or none")
     for t in TRAITS:
         k = len(labels[t])
@@ -140,7 +150,9 @@ class Decider:
 
             self.ood_cut = Scorer(info["ood"]).threshold(self.ood_share)
         self.labels = info["labels"]
-        self.weighted = bool(decisions) and decisions.get("class_weight") == "balanced"
+        # outputs still balanced: a class-weighted model whose outputs prediction does not shift back
+        self.weighted = bool(decisions) and decisions.get("class_weight") == "balanced" \
+            and not decisions.get("shifted")
         if self.rule != "argmax" and not decisions:
             raise ConfigError(f"{name}: --decide {decide} needs the validation record that training stores "
                               "with the calibration, and this model has none (trained with calibrate=false, "

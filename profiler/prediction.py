@@ -95,9 +95,10 @@ class Predictor:
 
     def evaluate(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Calibrated class probabilities per trait for a stack of model inputs, in fixed-size
-        chunks (the model's softmax with each head's temperature: ``profiler.calibration``),
+        chunks (the model's softmax, shifted to the real class shares where it was trained with
+        balanced class weights, with each head's temperature: ``profiler.calibration``),
         and each input's out-of-distribution score (``profiler.ood``; NaN if the model has no record)."""
-        from profiler.calibration import apply_temperature
+        from profiler.calibration import calibrate, model_shares
 
         out, ood = {t: [] for t in TRAITS}, []
         for chunk, n_real in padded_chunks(inputs, COMPUTE_BATCH):
@@ -105,7 +106,7 @@ class Predictor:
             for t in TRAITS:
                 out[t].append(np.asarray(result[t])[:n_real])
             ood.extend(self._ood(rows) for rows in items[:n_real])
-        probs = {t: apply_temperature(np.concatenate(v), self.info["temperatures"][t]) if v
+        probs = {t: calibrate(np.concatenate(v), self.info["temperatures"][t], model_shares(self.info, t)) if v
                  else np.zeros((0, len(self.info["labels"][t]))) for t, v in out.items()}
         return probs, np.asarray(ood, np.float64)
 

@@ -52,9 +52,10 @@ def predict_dataset(model: str | Path, dataset: str | Path, *, workers: int | No
 
 def calibration_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
     """Per trait, how calibrated the table's probabilities are on the users of ``truth``:
-    log loss, Brier score and ECE as predicted ("after", with the model's temperatures) and
-    with the temperatures undone ("before": the raw softmax), and the arrays to plot them."""
-    from profiler.calibration import apply_temperature, calibration_scores
+    log loss, Brier score and ECE as predicted ("after": prior-shifted where the model was trained
+    with balanced class weights, with its temperatures) and undone ("before": the raw
+    softmax), and the arrays to plot them."""
+    from profiler.calibration import calibration_scores, model_shares, uncalibrate
     from profiler.evaluation import encode
 
     info = table.attrs["model"]
@@ -62,7 +63,7 @@ def calibration_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
     report = {}
     for t in TRAITS:
         after = scored[[f"{t}:{c}" for c in info["labels"][t]]].to_numpy(np.float64)
-        before = apply_temperature(after, 1.0 / info["temperatures"][t])
+        before = uncalibrate(after, info["temperatures"][t], model_shares(info, t))
         labels = encode(truth.loc[scored["user_id"], t].to_numpy(), t)
         report[t] = {"temperature": info["temperatures"][t], "users": len(labels),
                      "before": calibration_scores(before, labels), "after": calibration_scores(after, labels),

@@ -372,7 +372,8 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
 def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConfig,
               train_positions: np.ndarray) -> dict:
     """Fit each head's temperature on the users at ``positions`` (the validation split) from
-    the kept checkpoint's probabilities, and store them in the checkpoint (atomically), with
+    the kept checkpoint's probabilities (shifted to the training users' class shares first,
+    for a model trained with balanced class weights: ``profiler.calibration``), and store them in the checkpoint (atomically), with
     what the decision rules need (``profiler.decisions.record``: the training users' class
     shares, the validation users' calibrated probabilities and labels) and the reference of
     the out-of-distribution score (``profiler.ood``: the training users' items, the
@@ -381,7 +382,8 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
     Returns per trait the temperature and the log loss, Brier score and ECE before and after.
     """
     from profiler.batching import padded_chunks
-    from profiler.calibration import apply_temperature, calibration_scores, fit_temperature
+    from profiler.calibration import calibrate as calibrate_probs
+    from profiler.calibration import calibration_scores, fit_temperature, shift_priors
     from profiler.models.io import load_model, save_model
 
     best = load_model(path)
@@ -394,19 +396,21 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
             items.extend(chunk_items[:n_real])
             for t in TRAITS:
                 probs[t].append(np.asarray(out[t])[:n_real])
+    from profiler.decisions import class_shares, record
+
+    shifted = config.class_weight == "balanced"  # back to the real class shares (profiler.calibration)
     report, temperatures, calibrated = {}, {}, {}
     for t in TRAITS:
         p, truth = np.concatenate(probs[t]), data.labels(t)[positions]
-        temperatures[t] = fit_temperature(p, truth)
-        calibrated[t] = apply_temperature(p, temperatures[t])
+        shares = class_shares(data.labels(t)[train_positions], len(best.labels[t])) if shifted else None
+        temperatures[t] = fit_temperature(shift_priors(p, shares), truth)
+        calibrated[t] = calibrate_probs(p, temperatures[t], shares)
         report[t] = {"temperature": temperatures[t], "before": calibration_scores(p, truth),
                      "after": calibration_scores(calibrated[t], truth)}
     best.temperatures = temperatures
-    from profiler.decisions import record
-
     best.decisions = record(calibrated, {t: data.labels(t)[positions] for t in TRAITS},
                             {t: data.labels(t)[train_positions] for t in TRAITS}, best.labels,
-                            class_weight=config.class_weight)
+                            class_weight=config.class_weight, shifted=shifted)
     from profiler import ood
 
     best.ood = ood.fit(family.ood_train_items(best, data, train_positions, config), items, seed=config.seed)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from profiler.calibration import (apply_temperature, brier, calibration_scores, expected_calibration_error,
-                                  fit_temperature, log_loss)
+from profiler.calibration import (apply_temperature, brier, calibrate, calibration_scores,
+                                  expected_calibration_error, fit_temperature, log_loss, shift_priors, uncalibrate)
 
 
 def test_the_temperature_of_a_known_optimum():
@@ -66,3 +66,35 @@ def test_the_model_carries_its_temperatures_and_prediction_applies_them(tmp_path
     np.testing.assert_allclose(probs["occupation"], raw["occupation"], atol=1e-6)
     for t in probs:
         assert (probs[t].argmax(1) == raw[t].argmax(1)).all()
+
+
+def test_shifting_a_balanced_model_back_to_the_real_shares():
+    # posteriors under shares 0.8 / 0.2, as a balanced-weight model learns them: p / share, renormalised
+    real = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    balanced = real / [0.8, 0.2]
+    balanced /= balanced.sum(1, keepdims=True)
+    np.testing.assert_allclose(shift_priors(balanced, [0.8, 0.2]), real, atol=1e-12)
+    np.testing.assert_allclose(shift_priors(real, None), real)
+    out = calibrate(balanced, 1.7, [0.8, 0.2])
+    np.testing.assert_allclose(out, apply_temperature(real, 1.7), atol=1e-12)
+    np.testing.assert_allclose(uncalibrate(out, 1.7, [0.8, 0.2]), balanced, atol=1e-9)
+
+
+def test_prediction_shifts_a_balanced_model_before_its_temperature(tmp_path):
+    from core.labels import LABELS
+    from profiler.decisions import record
+    from profiler.models import Cnn3dProfiler, load_model, save_model
+    from profiler.prediction import Predictor
+
+    val = {t: np.full((2, len(v)), 1 / len(v)) for t, v in LABELS.items()}
+    train = {t: np.arange(10 * len(v)) % len(v) for t, v in LABELS.items()} | {"gender": np.array([0] * 7 + [1] * 3)}
+    decisions = record(val, {t: np.zeros(2, int) for t in LABELS}, train, LABELS, class_weight="balanced",
+                       shifted=True)
+    model = Cnn3dProfiler("model1", filters=(4,) * 4, height=16, width=16, dense=(8,),
+                          temperatures={"gender": 2.0, "location": 1.0, "occupation": 1.0}, decisions=decisions)
+    loaded = load_model(save_model(model, tmp_path / "m.keras"))
+    x = np.random.default_rng(0).integers(0, 256, (3, 11, 16, 16, 3), dtype=np.uint8)
+    raw = np.asarray(loaded.predict_on_batch(x)["gender"])
+    shares = [8 / 12, 4 / 12]  # add-one smoothed: (7 + 1) / 12, (3 + 1) / 12
+    np.testing.assert_allclose(Predictor.load(loaded).probabilities(x)["gender"],
+                               apply_temperature(shift_priors(raw, shares), 2.0), atol=1e-5)

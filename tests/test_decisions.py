@@ -72,6 +72,11 @@ def test_a_class_weighted_model_is_already_balanced():
     assert Decider("balanced", weighted).label("gender", p) == "male"
     assert Decider("argmax", plain).label("gender", p) == "male"
     assert Decider(None, weighted).text == "balanced" and Decider(None, {"labels": LABELS}).text == "argmax"
+    # today's models: the outputs are shifted back to the real shares, so the rules read them plainly
+    shifted = {"labels": LABELS, "decisions": record(val, truth, train, LABELS, class_weight="balanced",
+                                                     shifted=True)}
+    assert Decider("argmax", shifted).label("gender", p) == "male"
+    assert Decider("balanced", shifted).label("gender", np.array([0.8, 0.2])) == "male"  # 0.2 / 0.11 > 0.8 / 0.89
 
 
 def test_bad_records_are_refused():
