@@ -55,8 +55,10 @@ def main() -> int:
         "# Calibration of the set model (`bench/calibration.py`)", "",
         f"Machine: {info['cpu']} ({info['features']}), {info['cores']} cores. The set model with the "
         "`default` preset; each head's temperature T fitted on the validation split when training "
-        "ended. Test split: log loss, Brier score and expected calibration error (15 equal-width "
-        "bins of the top-label confidence), raw softmax -> with the temperature.", "",
+        "ended, after its outputs were shifted back to the training users' class shares (it is "
+        "trained with balanced class weights). Test split: log loss, Brier score and expected "
+        "calibration error (15 equal-width bins of the top-label confidence), raw softmax -> as "
+        "`predict` outputs them (shifted, with the temperature).", "",
         calibration_table(reports), ""]) + "\n"
     print(text)
     if args.out:

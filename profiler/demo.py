@@ -14,8 +14,9 @@ from pathlib import Path
 
 from core.io import atomic_write_text
 from core.labels import TRAITS
-from profiler.runs import (BOOTSTRAP, calibration_report, calibration_table, predict_dataset, score_files,
-                           score_table, summary_table, versions, write_calibration,
+from profiler.reports import probability_tables
+from profiler.runs import (BOOTSTRAP, calibration_report, calibration_table, predict_dataset, probability_report,
+                           score_files, score_table, summary_table, versions, write_calibration,
                            write_submission, write_tables)
 
 BAYES_NAME = "Bayes rule (ceiling)"
@@ -105,7 +106,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         summaries[name] = _train_once(name, configs[name], cache, runs / name, progress, timings)
     _log("[4/5] predicting the test split with each model")
     truth = load_truth_for_scoring(data / "test")
-    results, calibration, tables = {}, {}, {}
+    results, calibration, tables, probability_scores = {}, {}, {}, {}
     for name in ("set", "model1", "model2"):
         t = time.perf_counter()
         with EmbeddingStore(store_path) as store:
@@ -119,6 +120,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         tables[name] = predicted
         results[SYSTEM_NAMES[name]] = score_table(truth, predicted, bootstrap=BOOTSTRAP, seed=seed)
         calibration[SYSTEM_NAMES[name]] = calibration_report(truth, predicted)
+        probability_scores[SYSTEM_NAMES[name]] = probability_report(truth, predicted)
     test_users = len(predicted)
     t = time.perf_counter()
     unusual = unusual_check(tables, data / "unusual", runs, store_path, seed=seed, workers=workers)
@@ -140,6 +142,9 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
     results |= score_files(data / "test", submissions, seed=seed, bootstrap=BOOTSTRAP)
     write_tables(results, out)
     write_calibration(calibration, out)
+    atomic_write_text(out / "probabilities.md", "# Probability scores on the sample test split (`make demo`)\n\n"
+                      + probability_tables(probability_scores))
+    atomic_write_text(out / "probabilities.json", json.dumps(probability_scores, indent=2) + "\n")
     for name in ("set", "model1", "model2"):
         shutil.copyfile(runs / name / "curves.png", out / f"training_curves_{name}.png")
         shutil.copyfile(runs / name / "summary.json", out / f"training_summary_{name}.json")
@@ -179,6 +184,10 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         "with this ROC-AUC; the last columns: the share of each that `--decide ...,ood=0.99` sets to "
         "`unknown` (`ood.json`).", "",
         unusual_table(unusual), "",
+        "What a moderator sets thresholds by: per trait, ROC-AUC and PR-AUC one class against the rest "
+        "(macro), and how many classes some threshold names with precision 0.9 on the test users, with "
+        "their recall (`probabilities.md` has every class, `profiler score` the same for any output).", "",
+        precision_table(probability_scores), "",
         _cost_lines(timings, summaries, embedded, test_users), "",
         "The paper's Tables 1-5 with its own rows beside ours: `tables.md` (`tables.csv`). "
         "Confusion matrices: `confusion_*.png`. Training curves: `training_curves_*.png`.",
@@ -215,6 +224,21 @@ def unusual_check(tables: dict, folder: Path, runs: Path, store_path: Path, *, s
                                             {k: odd.loc[kinds == k, "ood"].to_numpy(float) for k in KINDS},
                                             table.attrs["model"]["ood"]["validation"])
     return out
+
+
+def precision_table(scored: dict) -> str:
+    """Per system and trait: macro ROC-AUC and PR-AUC, and the classes reaching precision 0.9."""
+    from tabulate import tabulate
+
+    rows = []
+    for name, traits in scored.items():
+        for t, r in traits.items():
+            reached = {c: v["recall_at_precision"] for c, v in r["per_class"].items() if v["threshold"] is not None}
+            rows.append({"system": name, "trait": t, "ROC-AUC": r["roc_auc"], "PR-AUC": r["pr_auc"],
+                         f"classes at precision {r['at_precision']:g} (recall)":
+                             f"{len(reached)} of {len(r['per_class'])}"
+                             + (": " + ", ".join(f"{c} {v:.2f}" for c, v in reached.items()) if reached else "")})
+    return tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3f")
 
 
 def unusual_table(report: dict) -> str:

@@ -55,18 +55,27 @@ def per_class_frame(results: dict[str, dict], trait: str, *, with_paper: bool = 
 def build_tables(results: dict[str, dict], *, with_paper: bool = False) -> list[tuple[str, pd.DataFrame]]:
     """The paper's Tables 1-5 for these results, in the paper's order."""
     tables = []
-    for trait in TRAITS:
+    for trait in TRAITS if any("traits" in r for r in results.values()) else ():
         tables.append((SUMMARY_TITLES[trait], summary_frame(results, trait, with_paper=with_paper)))
         if trait in PER_CLASS_TITLES:
             tables.append((PER_CLASS_TITLES[trait], per_class_frame(results, trait, with_paper=with_paper)))
     scored = {name: result["probabilities"] for name, result in results.items() if "probabilities" in result}
-    if scored:
+    if scored:  # (after the paper's tables, which need "traits": none when only probabilities are given)
         for trait in TRAITS:
             tables.append((f"Probabilities. {trait.capitalize()}", probability_frame(scored, trait)))
             precision = next(iter(scored.values()))[trait]["at_precision"]
             tables.append((f"Probabilities. {trait.capitalize()}: per class, one against the rest "
                            f"(recall at precision {precision:g})", probability_class_frame(scored, trait)))
     return tables
+
+
+def probability_tables(scored: dict[str, dict]) -> str:
+    """Markdown: the probability tables of ``build_tables`` alone (``scored``: system -> the
+    ``probabilities.probability_scores`` of its predictions)."""
+    tables = build_tables({name: {"probabilities": p} for name, p in scored.items()})
+    return "\n".join(f"### {title}\n\n" + tabulate(_cells(frame), headers="keys", tablefmt="github",
+                                                     floatfmt=".3f", showindex=False, missingval="") + "\n"
+                     for title, frame in tables)
 
 
 PROBABILITY_MEASURES = {"n_scored": "users", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",

@@ -71,6 +71,16 @@ def calibration_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
     return report
 
 
+def probability_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
+    """``profiler.probabilities.probability_scores`` of a prediction table's profiled users."""
+    from profiler.probabilities import probability_scores
+
+    scored = table[table["error"].isna() & table["user_id"].isin(truth.index)].set_index("user_id")
+    labels = table.attrs["model"]["labels"]
+    return probability_scores(truth, {t: scored[[f"{t}:{c}" for c in labels[t]]].set_axis(labels[t], axis=1)
+                                      for t in TRAITS})
+
+
 def calibration_table(reports: dict[str, dict]) -> str:
     """Markdown: each system's temperature and log loss, Brier and ECE before -> after, per trait."""
     from tabulate import tabulate
