@@ -173,10 +173,10 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         "learning from user labels alone costs).", "",
         table, "",
         "Calibration of the probabilities on the test split: each head's temperature, fitted on "
-        "the validation split when training ended (Guo et al. 2017), and the log loss, Brier "
-        "score and expected calibration error (15 bins) of the raw softmax -> with the "
-        "temperature (`calibration.json`, reliability diagrams `reliability_*.png`). The labels, "
-        "so the tables above, do not change.", "",
+        "the validation split when training ended (Guo et al. 2017) after the outputs were shifted "
+        "back to the training users' class shares (the models train with balanced class weights), "
+        "and the log loss, Brier score and expected calibration error (15 bins) of the raw softmax "
+        "-> as predicted (`calibration.json`, reliability diagrams `reliability_*.png`).", "",
         calibration_table(calibration), "",
         f"Out of distribution: every prediction carries a score (`ood`) of how unlike the training "
         f"images a user's images are (`profiler.ood`). It tells the {test_users} test users from "

@@ -80,6 +80,15 @@ def reliability_diagram(arrays: dict[str, tuple], path: str | Path, *, title: st
     return save_figure(fig, path)
 
 
+def _blank(ax):
+    """An axis for an image: no ticks, no frame."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return ax
+
+
 def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size: int = 96) -> Path:
     """A grid of the first ``users`` users of a dataset: one row each, labels on the left."""
     from data_prep.dataset import load_dataset
@@ -94,11 +103,7 @@ def contact_sheet(dataset: str | Path, path: str | Path, *, users: int = 6, size
                              squeeze=False)
     for r, user in enumerate(chosen):
         for c in range(columns):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            ax = _blank(axes[r][c])
             if c >= len(user.files):
                 continue
             try:
@@ -154,11 +159,7 @@ def explanation_sheet(folder: str | Path, evidence: dict, path: str | Path, *, t
                              squeeze=False)
     for r, (trait, e) in enumerate(evidence.items()):
         for c in range(columns):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            ax = _blank(axes[r][c])
             if c >= len(e["images"]):
                 continue
             item = e["images"][c]

@@ -125,3 +125,20 @@ def tiny_cache(root: Path, users: int):
 
     make_dataset(root / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(users)})
     return prepare(root / "d", root / "cache", config=PrepareConfig(height=16, width=16), workers=1, progress=False)
+
+
+#: a set model on the "tiny" encoder that trains in seconds
+TINY_SET = ("--epochs", 2, "--batch-size", 4, "-q", "--set", "encoder=tiny", "--set", "hidden=[4]",
+            "--set", "dense=[4]", "--set", "cap=12")
+
+
+def train_tiny_set(data: Path, run_dir: Path, store: Path, *extra) -> Path:
+    """Train a tiny set model on ``data`` with ``profiler train`` (``extra``: more options); its model file."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    result = CliRunner().invoke(main, [str(a) for a in ("train", data, "--run-dir", run_dir, *TINY_SET,
+                                                        "--embeddings", store, *extra)])
+    assert result.exit_code == 0, result.output
+    return Path(run_dir) / "model.keras"

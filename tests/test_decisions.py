@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cli.main import main
 from core.errors import ConfigError
 from profiler.decisions import Decider, check_record, parse_decide, record, thresholds
-from tests.helpers import make_dataset
+from tests.helpers import make_dataset, train_tiny_set
 
 LABELS = {"gender": ["female", "male"],
           "location": ["center", "southeast", "northwest", "north", "northeast", "west"],
@@ -105,11 +105,8 @@ def test_bad_records_are_refused():
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("decide")
     data = make_dataset(root / "data", {f"u{i:02d}": [1, 3, 11][i % 3] for i in range(24)})
-    common = ["--epochs", 2, "--batch-size", 4, "-q", "--set", "encoder=tiny", "--set", "hidden=[4]",
-              "--set", "dense=[4]", "--set", "cap=12", "--embeddings", root / "e.sqlite"]
-    for name, extra in (("run", []), ("raw", ["--set", "calibrate=false"])):
-        result = run("train", data, "--run-dir", root / name, *common, *extra)
-        assert result.exit_code == 0, result.output
+    train_tiny_set(data, root / "run", root / "e.sqlite")
+    train_tiny_set(data, root / "raw", root / "e.sqlite", "--set", "calibrate=false")
     return root, data
 
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from tests.helpers import make_dataset
+from tests.helpers import make_dataset, train_tiny_set
 
 
 def run(*args):
@@ -20,11 +20,7 @@ def run(*args):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
     data = make_dataset(root / "data", {f"u{i:02d}": [2, 3, 5][i % 3] for i in range(24)})
-    result = run("train", data, "--run-dir", root / "run", "--epochs", 2, "--batch-size", 4, "-q",
-                 "--set", "encoder=tiny", "--set", "hidden=[4]", "--set", "dense=[4]", "--set", "cap=12",
-                 "--embeddings", root / "e.sqlite")
-    assert result.exit_code == 0, result.output
-    return root, data, root / "run" / "model.keras"
+    return root, data, train_tiny_set(data, root / "run", root / "e.sqlite")
 
 
 def predict_json(root, paths, model, *extra):

@@ -10,7 +10,7 @@ from cli.main import main
 from core.errors import ConfigError
 from profiler import ood
 from profiler.decisions import Decider, split_ood
-from tests.helpers import make_dataset
+from tests.helpers import make_dataset, train_tiny_set
 
 
 def run(*args):
@@ -93,24 +93,27 @@ def test_check_by_hand():
     assert report["abstain"]["0.99"] == {"known": 0.5, "unusual": pytest.approx(2 / 3)}
 
 
-def test_the_3d_cnn_items_are_its_pooled_vector():
+def test_a_3d_cnn_item_reads_every_depth():
+    from profiler.backend import import_keras
     from profiler.families import VOLUMES
     from profiler.models.cnn3d import Cnn3dProfiler
 
+    keras = import_keras()
     model = Cnn3dProfiler("model1", filters=(4,) * 4, height=16, width=16, dense=(8,))
-    outputs, items = VOLUMES.runner(model)(np.zeros((3, 11, 16, 16, 3), np.uint8))
-    assert [i.shape for i in items] == [(1, 4)] * 3
-    np.testing.assert_allclose(outputs["gender"], model.predict_on_batch(np.zeros((3, 11, 16, 16, 3), np.uint8))["gender"])
+    x = np.random.default_rng(0).integers(0, 256, (3, 11, 16, 16, 3), dtype=np.uint8)
+    outputs, items = VOLUMES.runner(model)(x)
+    assert [i.shape for i in items] == [(1, 5 * 4)] * 3  # four conv blocks and the pooled vector, 4 wide each
+    np.testing.assert_allclose(outputs["gender"], model.predict_on_batch(x)["gender"], rtol=1e-5)
+    pooled = np.asarray(keras.Model(model.inputs, model.get_layer("pool").output).predict_on_batch(x))
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.stack(items)[:, 0, -4:], unit / np.sqrt(5), rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ood")
     data = make_dataset(root / "data", {f"u{i:02d}": [2, 3, 5][i % 3] for i in range(24)})
-    result = run("train", data, "--run-dir", root / "run", "--epochs", 2, "--batch-size", 4, "-q",
-                 "--set", "encoder=tiny", "--set", "hidden=[4]", "--set", "dense=[4]", "--set", "cap=12",
-                 "--embeddings", root / "e.sqlite")
-    assert result.exit_code == 0, result.output
+    train_tiny_set(data, root / "run", root / "e.sqlite")
     return root, data
 
 

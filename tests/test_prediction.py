@@ -131,6 +131,14 @@ def test_end_to_end_demo(tmp_path):
     assert set(calibration) == {"Set model (frozen encoder + head)", "3D CNN Model 1", "3D CNN Model 2"}
     assert calibration["3D CNN Model 1"]["gender"]["users"] > 0 and "Calibration of the probabilities" in summary
     assert (out / "reliability_3D_CNN_Model_1.png").is_file()
+    unusual = json.loads((out / "ood.json").read_text())
+    assert set(unusual) == set(calibration)
+    for report in unusual.values():  # 50 users of each kind against the test users
+        assert report["unusual_users"] == {"solid": 50, "noise": 50, "photo": 50} and 0 <= report["roc_auc"] <= 1
+    assert "Out of distribution" in summary and "classes at precision 0.9" in summary
+    probabilities = json.loads((out / "probabilities.json").read_text())
+    assert probabilities["3D CNN Model 2"]["occupation"]["n_scored"] > 0
+    assert "### Probabilities. Location: per class" in (out / "probabilities.md").read_text()
     timings = json.loads((out / "demo_timings.json").read_text())
     again = run("demo", "--out-dir", tmp_path / "results", "--data", tmp_path / "data", "--runs",
                 tmp_path / "runs", "--users", 30, "--epochs", 1, "--size", 16, "-q")
