@@ -45,6 +45,8 @@ def sniff(path: str | Path) -> bool:
     """Whether ``path`` looks like a probability output of ``predict`` (False if unreadable:
     the label reader then reports the problem)."""
     try:
+        if not Path(path).is_file():  # a device or a pipe is refused by the label reader, unread
+            return False
         with open(path, "rb") as handle:
             head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
     except OSError:

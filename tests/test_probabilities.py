@@ -166,3 +166,12 @@ def test_malformed_json_names_the_line(tmp_path):
     (tmp_path / "set.json").write_text(text.rstrip().rstrip("]"))
     result = run("score", "-t", tmp_path / "truth.txt", tmp_path / "set.json")
     assert result.exit_code == 1 and "malformed JSON: the array is not closed" in result.stderr
+
+
+def test_a_pipe_is_refused_not_waited_on(tmp_path):
+    import os
+
+    (tmp_path / "truth.txt").write_text(TRUTH)
+    os.mkfifo(tmp_path / "pipe")
+    result = run("score", "-t", tmp_path / "truth.txt", tmp_path / "pipe")
+    assert result.exit_code == 1 and f"{tmp_path / 'pipe'}: error: not a regular file" in result.stderr
