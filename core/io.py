@@ -9,6 +9,9 @@ write to the same destination, and nothing a live process is writing.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 import re
 import shutil
@@ -96,12 +99,37 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+@functools.cache
+def _renameat2():
+    """glibc's ``renameat2`` (Linux 3.15+), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap what ``a`` and ``b`` name in one atomic step (``RENAME_EXCHANGE``); False where the
+    platform or file system cannot, and nothing changed."""
+    function = _renameat2()
+    if function is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return function(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
-    An existing ``path`` is kept until the new folder is complete; an interrupted run
-    leaves only a ``.tmp-`` folder that nothing trusts (and the next run removes).
+    An existing ``path`` is kept until the new folder is complete, then exchanged with it in
+    one atomic step where the platform allows (Linux), so ``path`` is never missing; an
+    interrupted run leaves only a ``.tmp-`` folder that nothing trusts (and the next run
+    removes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +141,14 @@ def atomic_dir(path: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, _mode(path, 0o777))
+    if path.exists() and exchange(tmp, path):  # one atomic step: ``path`` is never missing
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)  # the old content, now under the temporary name
+        else:
+            tmp.unlink(missing_ok=True)
+        return
     old = None
-    if path.exists():
+    if path.exists():  # where the platform cannot exchange: two renames
         old = path.parent / f"{_prefix(path)}old-{os.getpid()}"
         os.replace(path, old)
     os.replace(tmp, path)

@@ -39,6 +39,26 @@ def test_written_files_keep_or_get_ordinary_permissions(tmp_path):
     assert mode(tmp_path / "folder") == 0o777 & ~UMASK
 
 
+def test_a_folder_is_replaced_in_one_step_and_never_missing(tmp_path, monkeypatch):
+    from core import io
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "old").write_text("old")
+    os.chmod(folder, 0o750)
+    if io._renameat2() is None:
+        pytest.skip("no renameat2 here: the two-rename fallback is used")
+
+    def no_rename(*args):  # the swap must not go through a moment with no folder
+        raise AssertionError(f"os.replace{args}")
+
+    monkeypatch.setattr(io.os, "replace", no_rename)
+    with atomic_dir(folder) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in folder.iterdir()] == ["new"] and mode(folder) == 0o750
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the old content is gone, nothing left beside
+
+
 def test_the_longest_legal_file_name_can_be_written(tmp_path):
     longest = tmp_path / ("a" * 255)
     atomic_write_text(longest, "x")

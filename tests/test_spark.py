@@ -67,10 +67,14 @@ def test_parquet_output_one_row_per_user(trained, tmp_path):
     assert frame["position"].tolist() == list(range(10))
     assert {"gender:female", "location:west", "occupation:health", "images_used", "error"} <= set(frame.columns)
     ok = frame[frame["error"].isna()]
+    from profiler.decisions import Decider
+    from profiler.models.io import load_model, model_info
+
+    decider = Decider(None, model_info(load_model(model)))  # the default rule, as local prediction applies it
     for trait in ("gender", "location", "occupation"):
         columns = [c for c in frame.columns if c.startswith(f"{trait}:")]
         np.testing.assert_allclose(ok[columns].sum(axis=1), 1, atol=1e-5)
-        assert (ok[trait] == ok[columns].idxmax(axis=1).str.split(":").str[1]).all()
+        assert ok[trait].tolist() == [decider.label(trait, v) for v in ok[columns].to_numpy()]
     failed = frame.set_index("user_id").loc["t99"]
     assert failed["error"] == "no usable image" and pd.isna(failed["gender"]) and np.isnan(failed["gender:male"])
     skipped = {r["user_id"]: [dict(s) for s in r["skipped"]] for _, r in frame.iterrows()}
