@@ -52,7 +52,9 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
     """Profile the users in PATHS: user image folders and/or dataset folders.
 
     Each user gets a label and the probability of every class for gender, location and
-    occupation, and the number of real images used. The set model uses up to 32 images
+    occupation, the number of real images used, and an out-of-distribution score (ood:
+    how unlike the training images its images are; ood_rank: the share of validation users
+    with a lower one). The set model uses up to 32 images
     as they are; the 3D CNNs fill a volume of 11 (a user with fewer is flagged
     "filled"). Unreadable files are listed per user; a user with no usable image gets
     an error entry and the run goes on.
