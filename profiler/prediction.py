@@ -171,7 +171,8 @@ def _rows(users: list[User], featurized: list, predictor: Predictor, tta: int, s
                "skipped": [{"file": f, "reason": r} for f, r in got.skipped]}
         if i in per_user:
             if np.isfinite(unusual[i]):
-                row["ood"], row["ood_rank"] = unusual[i], predictor.scorer.rank(unusual[i])
+                rank = predictor.scorer.rank(unusual[i])  # NaN where no validation user was scored
+                row["ood"], row["ood_rank"] = unusual[i], rank if np.isfinite(rank) else None
             abstain = predictor.decider.abstains(row["ood"])
             for t in TRAITS:
                 vector = per_user[i][t]
