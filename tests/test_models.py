@@ -78,3 +78,40 @@ def test_bad_model_file(tmp_path):
     bad.write_text("nope")
     with pytest.raises(ModelFileError, match="not a loadable profiler model"):
         load_model(bad)
+
+
+def test_volume_batch_norm_computes_what_keras_batch_norm_does():
+    import keras
+    import tensorflow as tf
+
+    from profiler.models.cnn3d import VolumeBatchNorm
+
+    x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, (4, 5, 6, 7, 8)), tf.float32)
+    ours, theirs = VolumeBatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    ours.build(x.shape), theirs.build(x.shape)
+    rng = np.random.default_rng(2)
+    weights = [rng.normal(1, 0.1, 8), rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 8), rng.uniform(0.5, 2, 8)]
+    ours.set_weights(weights), theirs.set_weights(weights)
+    for training in (True, False):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            a, b = ours(x, training=training), theirs(x, training=training)
+            la, lb = tf.reduce_sum(a * a), tf.reduce_sum(b * b)
+        assert a.shape == x.shape
+        np.testing.assert_allclose(a, b, atol=2e-5)
+        np.testing.assert_allclose(tape.gradient(la, x), tape.gradient(lb, x), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(tape.gradient(la, ours.gamma), tape.gradient(lb, theirs.gamma), rtol=1e-4)
+        # the moving statistics move alike in training and stay put in inference
+        for mine, keras_own in zip(ours.get_weights(), theirs.get_weights()):
+            np.testing.assert_allclose(mine, keras_own, rtol=1e-5, atol=1e-6)
+    frozen = VolumeBatchNorm()
+    frozen.build(x.shape)
+    frozen.trainable = False  # a frozen layer normalises with its moving statistics, as Keras' does
+    np.testing.assert_allclose(frozen(x, training=True), frozen(x, training=False))
+
+
+def test_the_3d_cnns_use_the_fused_batch_norm():
+    from profiler.models.cnn3d import VolumeBatchNorm
+
+    model = Cnn3dProfiler("model1", filters=(4,) * 4, **TINY)
+    assert sum(isinstance(layer, VolumeBatchNorm) for layer in model.layers) == 4
