@@ -22,7 +22,8 @@ Reproduce with (after ``make demo``, whose prepared image cache part 2 trains on
    ``default`` preset, 8 epochs at most, 64 px, seed 0) with and without it, on the demo's
    prepared training split: the best validation mean macro-F and seconds per epoch. Each
    run goes to ``--work``/MODEL-bn-on|off; a finished run found there is read, not trained
-   again (training is deterministic for its seed, so it would end the same).
+   again (training is deterministic for its seed, so it would end the same; delete ``--work``
+   after changing the models' code).
 """
 from __future__ import annotations
 

@@ -92,6 +92,7 @@ def test_volume_batch_norm_computes_what_keras_batch_norm_does():
     rng = np.random.default_rng(2)
     weights = [rng.normal(1, 0.1, 8), rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 8), rng.uniform(0.5, 2, 8)]
     ours.set_weights(weights), theirs.set_weights(weights)
+    assert ours.fused(x) and not ours.fused(x[0])  # a 5D float32 map takes the fused kernel; 4D is Keras'
     for training in (True, False):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)

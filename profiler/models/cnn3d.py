@@ -72,11 +72,16 @@ class VolumeBatchNorm(keras.layers.BatchNormalization):
     rank, inputs that are not float32) is left to Keras' own computation.
     """
 
+    def fused(self, inputs, mask=None) -> bool:
+        """Whether ``inputs`` go through the fused kernel (else through Keras' computation)."""
+        return (keras.backend.backend() == "tensorflow" and mask is None and len(inputs.shape) == 5
+                and self.axis in (-1, 4) and keras.backend.standardize_dtype(inputs.dtype) == "float32"
+                and not self.renorm and self.scale and self.center)
+
     def call(self, inputs, training=None, mask=None):
         import tensorflow as tf
 
-        if (keras.backend.backend() != "tensorflow" or mask is not None or len(inputs.shape) != 5
-                or self.axis != 4 or inputs.dtype != tf.float32 or self.renorm or not (self.scale and self.center)):
+        if not self.fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         shape = tf.shape(inputs)
         x = tf.reshape(inputs, tf.stack([shape[0], shape[1] * shape[2], shape[3], shape[4]]))
