@@ -14,9 +14,10 @@ Choices the paper leaves open, and why:
   with short runs on a few thousand users) after every convolution (as in keras-io's 3D
   CNN example), which lets the default preset train at a sane learning rate from scratch:
   without it neither model learnt anything in the demo's 8 epochs (validation mean
-  macro-F 0.152 against 0.237 for Model 1, 0.129 against 0.225 for Model 2;
-  ``bench/step_cost.py``). It runs through TensorFlow's fused kernel
-  (``VolumeBatchNorm``), which takes its share of Model 1's training step from 38 % to 19 %.
+  macro-F 0.152 against 0.222 for Model 1, 0.129 against 0.232 for Model 2;
+  ``results/step_cost.md``). It runs through TensorFlow's fused kernel
+  (``VolumeBatchNorm``): a training step at 0.85-0.87x a plain sketch's without batch norm,
+  against 0.67-0.74x with Keras' own layer.
 - **Model 2's pooling** (after Hou et al.'s T-CNN): 2x2x2 after the first layers, then
   1x2x2 after the last ones ("reduces the input volume just in h and w").
 - **Classification stage**: global average pooling over (depth, h, w), then fully
@@ -66,8 +67,8 @@ class VolumeBatchNorm(keras.layers.BatchNormalization):
     (n, depth * h, w, c) and normalised by ``FusedBatchNormV3``, one pass in C++ (with its
     fused gradient) where Keras composes moments, normalisation and their gradients from
     separate ops for any input that is not 4D. Measured in one process on a 2-core AVX2
-    EPYC, a training step of Model 1 at 64 px: 28.9 users/s with Keras' layer, 37.8 with
-    this one, 46.6 without batch normalisation (``bench/step_cost.py``). Outputs agree with
+    EPYC, a training step of Model 1 at 64 px: 29.0-30.6 users/s with Keras' layer, 36.9-39.6
+    with this one, 45.6-46.3 without batch normalisation (``results/step_cost.md``). Outputs agree with
     Keras' layer within 3e-5. Any other case (another backend, a mask, another axis or
     rank, inputs that are not float32) is left to Keras' own computation.
     """
