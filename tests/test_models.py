@@ -116,3 +116,28 @@ def test_the_3d_cnns_use_the_fused_batch_norm():
 
     model = Cnn3dProfiler("model1", filters=(4,) * 4, **TINY)
     assert sum(isinstance(layer, VolumeBatchNorm) for layer in model.layers) == 4
+
+
+def test_a_model_saved_with_keras_batch_norm_loads_with_the_fused_one(tmp_path):
+    import keras
+
+    from profiler.models import cnn3d
+
+    fused = cnn3d.VolumeBatchNorm
+    cnn3d.VolumeBatchNorm = keras.layers.BatchNormalization  # as the package built them before
+    try:
+        old = Cnn3dProfiler("model1", filters=(4,) * 4, **TINY)
+    finally:
+        cnn3d.VolumeBatchNorm = fused
+    assert not any(isinstance(layer, fused) for layer in old.layers)
+    x = volumes()
+    rng = np.random.default_rng(3)  # weights and moving statistics no fresh model has
+    old.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in old.get_weights()])
+    save_model(old, tmp_path / "old.keras")
+    loaded = load_model(tmp_path / "old.keras")
+    assert sum(isinstance(layer, fused) for layer in loaded.layers) == 4
+    for before, after in zip(old.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    a, b = old.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    for trait in a:
+        np.testing.assert_allclose(a[trait], b[trait], atol=1e-5)

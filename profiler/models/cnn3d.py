@@ -58,7 +58,7 @@ def block_list(variant: str, filters: tuple[int, ...] | None = None) -> list[tup
 
 
 @keras.saving.register_keras_serializable(package="profiler")
-class VolumeBatchNorm(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """Keras' batch normalisation of a (n, depth, h, w, c) feature map, run by TensorFlow's
     fused kernel.
 
@@ -100,6 +100,12 @@ class VolumeBatchNorm(keras.layers.BatchNormalization):
                 x=x, scale=self.gamma, offset=self.beta, mean=self.moving_mean, variance=self.moving_variance,
                 epsilon=self.epsilon, data_format="NHWC", is_training=False)
         return tf.reshape(y, shape)
+
+
+#: The fused layer goes by Keras' class name because a ``.keras`` file keeps each layer's
+#: weights under its snake-cased class name (``layers/batch_normalization_3``): under the
+#: same name, models saved with Keras' layer load into this one and the other way round.
+VolumeBatchNorm = BatchNormalization
 
 
 def build_trunk(x, blocks: list[tuple[int, tuple | None]], *, batch_norm: bool = True):
