@@ -49,7 +49,9 @@ def test_same_answers_as_one_machine(trained, tmp_path):
     assert local.exit_code == spark.exit_code == 3, (local.output, spark.output)  # t99: no usable image
     a, b = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "spark.csv")
     assert list(a.columns) == list(b.columns) and a["user_id"].tolist() == b["user_id"].tolist()
-    numbers = [c for c in a.columns if ":" in c]
+    # probabilities and the out-of-distribution score: a Spark task's encoder runs on one thread,
+    # whose rounding differs from two threads' in the last bits (seen on an AVX2 machine)
+    numbers = [c for c in a.columns if ":" in c or c == "ood"]
     np.testing.assert_allclose(b[numbers].to_numpy(), a[numbers].to_numpy(), rtol=0, atol=1e-6)
     pd.testing.assert_frame_equal(a.drop(columns=numbers), b.drop(columns=numbers))
     assert "warning: t99: no usable image; not profiled" in spark.stderr
