@@ -28,35 +28,46 @@ RUNTIMES = {"keras (before)": "efficientnet_lite0", "litert int8": "efficientnet
             "litert float32": "efficientnet_lite0_float32"}
 
 
-def main() -> int:
-    args = new_users_args(__doc__)
-    from data_prep.dataset import discover_users
+def measure(users: list, rounds: int, runtimes: dict[str, str] = RUNTIMES) -> dict[str, list[float]]:
+    """Seconds to profile ``users`` with an empty embedding cache, per runtime, over ``rounds`` rounds."""
     from profiler.embeddings import EmbeddingStore
     from profiler.encoders import get_encoder
     from profiler.models.io import save_model
     from profiler.models.set_head import SetProfiler
     from profiler.prediction import Predictor, iter_predictions
 
+    work = Path(tempfile.mkdtemp(prefix="bench-new-users-"))
+    try:
+        predictors = {}
+        for label, name in runtimes.items():
+            encoder = get_encoder(name)
+            encoder.embed(np.zeros((1, 224, 224, 3), np.float32))  # build or convert, load
+            path = save_model(SetProfiler(encoder.dim, cap=32, encoder=encoder.identity), work / f"{name}.keras")
+            predictors[label] = Predictor.load(path, encoder=encoder, store=work / "unused.sqlite")
+        seconds = {label: [] for label in runtimes}
+        for r in range(rounds):
+            for label, predictor in predictors.items():
+                predictor.reader.store.close()
+                predictor.reader.store = EmbeddingStore(work / f"{r}-{runtimes[label]}.sqlite")
+                t = time.perf_counter()
+                rows = [row for batch in iter_predictions(users, predictor) for row in batch]
+                seconds[label].append(time.perf_counter() - t)
+                assert len(rows) == len(users)
+                print(f"round {r + 1}: {label}: {len(users) / seconds[label][-1]:.1f} users/s", file=sys.stderr)
+        for predictor in predictors.values():
+            predictor.reader.store.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return seconds
+
+
+def main() -> int:
+    args = new_users_args(__doc__)
+    from data_prep.dataset import discover_users
+
     users = discover_users([args.dataset])[:args.users]
     images = sum(len(u.files) for u in users)
-    work = Path(tempfile.mkdtemp(prefix="bench-new-users-"))
-    predictors = {}
-    for label, name in RUNTIMES.items():
-        encoder = get_encoder(name)
-        encoder.embed(np.zeros((1, 224, 224, 3), np.float32))  # build or convert, load
-        path = save_model(SetProfiler(encoder.dim, cap=32, encoder=encoder.identity), work / f"{name}.keras")
-        predictors[label] = Predictor.load(path, encoder=encoder, store=work / "unused.sqlite")
-    seconds = {label: [] for label in RUNTIMES}
-    for r in range(args.rounds):
-        for label, predictor in predictors.items():
-            predictor.reader.store.close()
-            predictor.reader.store = EmbeddingStore(work / f"{r}-{RUNTIMES[label]}.sqlite")
-            t = time.perf_counter()
-            rows = [row for batch in iter_predictions(users, predictor) for row in batch]
-            seconds[label].append(time.perf_counter() - t)
-            assert len(rows) == len(users)
-            print(f"round {r + 1}: {label}: {len(users) / seconds[label][-1]:.1f} users/s", file=sys.stderr)
-    shutil.rmtree(work, ignore_errors=True)
+    seconds = measure(users, args.rounds)
     info = machine()
     before = float(np.median(seconds["keras (before)"]))
     lines = ["# Profiling new users end to end (`bench/new_users.py`)", "",

@@ -12,6 +12,13 @@ computed from a measured rate, not run). Stages:
   and 112 px, against a plain Pillow baseline measured in the same run;
 - ``train``  bench/train_speed.py: Model 1 and Model 2 at 64 and 112 px, seconds per
   epoch, users per second, and the share of step time spent waiting on input;
+- ``step``  bench/step_speed.py: the 3D CNNs' raw training step against a plain Keras sketch
+  of the same layers and against the package's step before batch norm was fused, and the
+  paper's protocol projected from it;
+- ``encoder``  bench/encoder_speed.py: the machine's measured peaks (float32 in TensorFlow,
+  float32 and int8 under LiteRT), the image encoder under Keras (the "before") and LiteRT
+  float32 / int8 as a fraction of its runtime's peak, and new users profiled end to end
+  with each runtime;
 - ``inference``  bench/inference.py: batch 1, 32 and 128, compiled and eager, for both
   3D CNNs and the set model's head, the encoder per image, single-user latency, and
   each model's rate as a fraction of the machine's measured peak over its counted FLOPs;
@@ -32,8 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = {"decode": "bench.decode", "train": "bench.train_speed", "inference": "bench.inference",
-          "scaling": "bench.scaling", "score": "bench.score_speed"}
+STAGES = {"decode": "bench.decode", "train": "bench.train_speed", "step": "bench.step_speed",
+          "encoder": "bench.encoder_speed", "inference": "bench.inference", "scaling": "bench.scaling",
+          "score": "bench.score_speed"}
 
 
 def _value(f: dict) -> str:
@@ -48,7 +56,11 @@ def _value(f: dict) -> str:
 def _note(f: dict) -> str:
     notes = []
     if "ratio_to_baseline" in f:
-        notes.append(f"{f['ratio_to_baseline']:.2f}× the plain baseline")
+        notes.append(f"{f['ratio_to_baseline']:.2f}× {f.get('baseline', 'the plain baseline')}")
+    if "share_of_peak" in f:
+        notes.append(f"{f['share_of_peak']:.0%} of its runtime's measured peak")
+    if "min_cosine_to_keras" in f:
+        notes.append(f"cosine to Keras ≥ {f['min_cosine_to_keras']:.3f}")
     if "users_per_s" in f:
         notes.append(f"{f['users_per_s']:,.1f} users/s")
     if "ceiling_users_per_s" in f:
@@ -66,10 +78,15 @@ def _note(f: dict) -> str:
 
 def render(results: dict, machine: dict, seconds: float) -> str:
     lines = ["# Benchmarks", "",
-             f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, "
-             + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("cpu", "cores", "python"))
+             f"Machine: {machine['cpu']} with CPU features {machine['features']}, {machine['cores']} cores; "
+             f"Python {machine['python']}, "
+             + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("cpu", "cores", "python", "features"))
              + f". Made by `make bench` (`bench/run.py`) in {seconds / 60:.0f} min; every figure measured "
-             "in that run: median (min–max) over repeated runs.", ""]
+             "in that run: median (min–max) over repeated runs.", "",
+             "Absolute rates depend on the CPU (machines with AVX-512 and VNNI run the int8 encoder and "
+             "the convolutions much faster than AVX2-only ones): compare machines by the ratios (× the "
+             "before or the plain baseline, measured side by side in the same run) and the shares of "
+             "the peak measured on the same machine, not by the absolute figures.", ""]
     for stage, payload in results.items():
         lines += [f"## {stage}", "", "| figure | value | note |", "|---|---|---|"]
         lines += [f"| {f['figure']} | {_value(f)} | {_note(f)} |" for f in payload["figures"]]

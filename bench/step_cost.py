@@ -80,8 +80,11 @@ def _package(variant: str, batch_norm: bool, keras_layer: bool = False):
     return model
 
 
-def step_rates(deterministic: bool) -> dict:
-    """Users per second of each variant's training step (median of interleaved rounds)."""
+def step_rates(deterministic: bool, rounds: int = ROUNDS, steps: int = STEPS, keep=None) -> dict:
+    """Users per second of each variant's training step (median of interleaved rounds).
+
+    ``keep``: the names of the variants to time (default: all).
+    """
     from core.labels import LABELS, TRAITS
     from profiler.backend import import_keras
 
@@ -101,17 +104,18 @@ def step_rates(deterministic: bool) -> dict:
                     "package, batch norm off": (_package(variant, False), volume),
                     "package, Keras batch norm (before)": (_package(variant, True, keras_layer=True), volume),
                     "package (fused batch norm)": (_package(variant, True), volume)}
+        variants = {name: v for name, v in variants.items() if keep is None or name in keep}
         times = {name: [] for name in variants}
         for model, x in variants.values():
             for _ in range(3):  # build, trace, warm up
                 model.train_on_batch(x, labels)
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name, (model, x) in variants.items():
                 start = time.perf_counter()
-                for _ in range(STEPS):
+                for _ in range(steps):
                     model.train_on_batch(x, labels)
                 times[name].append(time.perf_counter() - start)
-        out[variant] = {name: BATCH * STEPS / float(np.median(t)) for name, t in times.items()}
+        out[variant] = {name: [BATCH * steps / t for t in ts] for name, ts in times.items()}
     return out
 
 
@@ -145,7 +149,8 @@ def main() -> int:
         print(f"step rates, op determinism {'on' if mode == 'deterministic' else 'off'}", file=sys.stderr, flush=True)
         done = subprocess.run([sys.executable, "-m", "bench.step_cost", "--rates-only", mode],
                               capture_output=True, text=True, check=True)
-        rates[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        rates[mode] = {variant: {name: float(np.median(r)) for name, r in by_name.items()}
+                       for variant, by_name in json.loads(done.stdout.strip().splitlines()[-1]).items()}
     summaries = {}
     for variant in ("model1", "model2"):
         for batch_norm in (True, False):
