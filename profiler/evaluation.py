@@ -31,6 +31,7 @@ import pandas as pd
 from core.errors import DataError, Problem, clip
 from core.labels import ABSTAIN, LABELS, TRAITS
 from core.metrics import AVERAGES, F_MEASURES, MISSING, check_options, encode, trait_scores  # noqa: F401
+from core.tables import in_index
 from data_prep.truth import read_label_file, read_text
 
 def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, rounds: int,
@@ -150,14 +151,14 @@ def load_submission(path: str | Path, truth: pd.DataFrame, *, name: str | None =
         return Submission(name, path, _empty(), [Problem(str(path), line, found.group(2) if found else str(exc))])
     problems = [Problem(p.path, p.line, p.message, "error") for p in parsed.problems]
     table = parsed.table
-    extra = table[~table["user_id"].isin(truth.index)]
+    extra = table[~in_index(table["user_id"], truth.index)]
     for row in extra.itertuples():
         problems.append(Problem(str(path), int(row.line),
                                 f"user {clip(row.user_id)} is not in the truth file"
                                 + ("; ignored" if ignore_extra else " (use --ignore-extra to ignore it)"),
                                 "warning" if ignore_extra else "error"))
-    predictions = table[table["user_id"].isin(truth.index)].set_index("user_id")[list(TRAITS)]
-    absent = truth.index[~truth.index.isin(predictions.index)].tolist()
+    predictions = table[in_index(table["user_id"], truth.index)].set_index("user_id")[list(TRAITS)]
+    absent = truth.index[~in_index(truth.index, predictions.index)].tolist()
     if absent and not parsed.table.empty:
         shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
         problems.append(Problem(str(path), None, f"{len(absent)} of {len(truth)} truth users have "

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DataError, Problem, clip
+from core.tables import in_index
 from core.labels import ABSTAIN, LABELS, TRAITS, UnknownLabel, normalize_label
 from data_prep.truth import read_text
 from profiler.evaluation import Submission
@@ -108,7 +109,7 @@ def load_probabilities(path: str | Path, truth: pd.DataFrame, *, name: str | Non
     if not records and not problems:
         problems.append(Problem(str(path), None, "file is empty"))
     predictions = pd.DataFrame(labels, columns=["user_id", *TRAITS]).set_index("user_id")
-    absent = truth.index[~truth.index.isin(predictions.index)].tolist()
+    absent = truth.index[~in_index(truth.index, predictions.index)].tolist()
     if absent and records:
         shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
         problems.append(Problem(str(path), None, f"{len(absent)} of {len(truth)} truth users have no "
@@ -315,7 +316,7 @@ def probability_scores(truth: pd.DataFrame, probabilities: dict, *, precision: f
     out = {}
     for t in TRAITS:
         table = probabilities[t]
-        users = table.index[table.index.isin(truth.index)]
+        users = table.index[in_index(table.index, truth.index)]
         y = encode(truth.loc[users, t], t)
         out[t] = trait_probability_scores(table.loc[users].to_numpy(np.float64), y, LABELS[t], precision=precision)
     return out

@@ -19,6 +19,7 @@ import pandas as pd
 from core.errors import DataError
 from core.io import atomic_write_text
 from core.labels import TRAITS
+from core.tables import in_index
 
 #: resamples of the test users behind the 95 % intervals that evaluate and the demo report
 BOOTSTRAP = 1000
@@ -59,7 +60,7 @@ def calibration_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
     from profiler.evaluation import encode
 
     info = table.attrs["model"]
-    scored = table[table["error"].isna() & table["user_id"].isin(truth.index)]
+    scored = table[table["error"].isna() & in_index(table["user_id"], truth.index)]
     report = {}
     for t in TRAITS:
         after = scored[[f"{t}:{c}" for c in info["labels"][t]]].to_numpy(np.float64)
@@ -75,7 +76,7 @@ def probability_report(truth: pd.DataFrame, table: pd.DataFrame) -> dict:
     """``profiler.probabilities.probability_scores`` of a prediction table's profiled users."""
     from profiler.probabilities import probability_scores
 
-    scored = table[table["error"].isna() & table["user_id"].isin(truth.index)].set_index("user_id")
+    scored = table[table["error"].isna() & in_index(table["user_id"], truth.index)].set_index("user_id")
     labels = table.attrs["model"]["labels"]
     return probability_scores(truth, {t: scored[[f"{t}:{c}" for c in labels[t]]].set_axis(labels[t], axis=1)
                                       for t in TRAITS})
