@@ -62,6 +62,9 @@ class TrainConfig:
     neighbours: int = 200  # "neighbours" pooling: training images that vote for each image
     neighbour_dims: int = 256  # principal axes the bank's similarity is computed on
     neighbour_temperature: float = 0.1  # vote weights exp((similarity - best) / temperature)
+    latent_neighbours: int = 50  # "latent" pooling: training images whose sources each image reads
+    latent_temperature: float = 0.05  # their vote weights, as neighbour_temperature
+    latent_rounds: int = 4  # EM rounds over the training images' sources (profiler.models.latent)
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -88,6 +91,8 @@ class TrainConfig:
             (self.cap >= 1, "cap must be at least 1"),
             (self.neighbours >= 1 and self.neighbour_dims >= 1 and self.neighbour_temperature > 0,
              "neighbours and neighbour_dims must be at least 1 and neighbour_temperature positive"),
+            (self.latent_neighbours >= 1 and self.latent_rounds >= 1 and self.latent_temperature > 0,
+             "latent_neighbours and latent_rounds must be at least 1 and latent_temperature positive"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),

@@ -37,10 +37,11 @@ def test_volume_family(model, cache, tmp_path):
     run_model_test(VOLUMES, config, cache, tmp_path)
 
 
-@pytest.mark.parametrize("pooling", ["meanmax", "attention", "evidence", "neighbours"])
+@pytest.mark.parametrize("pooling", ["meanmax", "attention", "evidence", "neighbours", "latent"])
 def test_set_family(pooling, tmp_path):
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 6, "hidden": [4],
                                            "dense": [4], "set_pooling": pooling, "neighbours": 5,
+                                           "latent_neighbours": 5,
                                            "neighbour_dims": 4, "batch_size": 4})
     run_model_test(SETS, config, embedded(), tmp_path)
 

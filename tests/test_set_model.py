@@ -12,7 +12,7 @@ from profiler.models.set_head import SetProfiler
 from tests.helpers import interrupt_after, make_dataset
 
 
-POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours"]
+POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours", "latent"]
 
 
 def small_model(pooling="meanmax", dim=8, cap=6):
@@ -20,11 +20,20 @@ def small_model(pooling="meanmax", dim=8, cap=6):
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
-    bank = {"size": 10, "dims": 4, "k": 3, "temperature": 0.5} if pooling == "neighbours" else None
+    bank = {"size": 10, "dims": 4, "k": 3, "temperature": 0.5} if pooling in ("neighbours", "latent") else None
     model = SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
                         pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim),
                         neighbours=bank)
-    if bank:  # ten bank images with random labels, and non-zero heads so that evidence shows
+    if pooling == "latent":  # ten bank images with random sources, a random prior over the combinations
+        from profiler.models.latent import layout
+
+        plan = layout((2, 6, 8))
+        r = rng.dirichlet(np.ones(plan.sources), size=10)
+        pi = r.mean(axis=0)
+        model.get_layer("neighbours").set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi,
+                                               plan.allowed * rng.dirichlet(np.ones(4))[plan.kind] / pi)
+        model.get_layer("posterior").bias.assign(rng.normal(size=96))
+    elif bank:  # ten bank images with random labels, and non-zero heads so that evidence shows
         labels = np.concatenate([np.eye(k)[rng.integers(k, size=10)] for k in (2, 6, 8)], axis=1)
         model.get_layer("neighbours").set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)),
                                                labels, np.concatenate([np.full(k, 1 / k) for k in (2, 6, 8)]))
@@ -52,7 +61,7 @@ def test_invariant_to_order_and_to_empty_slots(pooling):
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent"])
 def test_empty_set_and_one_image_give_probabilities(pooling):
     model = small_model(pooling)
     one = pack_set(np.ones((1, 8), np.float32), 6)
@@ -70,7 +79,7 @@ def test_pack_set_marks_real_rows_and_chooses_rows():
     assert pack_set(vectors, 2)[:, -1].tolist() == [1, 1]
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent"])
 def test_save_load_identical(tmp_path, pooling):
     import profiler
     from profiler.models import model_info, save_model
@@ -157,7 +166,7 @@ def test_unknown_encoder_is_a_clean_error(tmp_path):
     assert "encoder must be one of" in result.output and "'efficientnet_lit0'" in result.output
 
 
-@pytest.mark.parametrize("pooling", ["mean", "neighbours"])
+@pytest.mark.parametrize("pooling", ["mean", "neighbours", "latent"])
 def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     """The set model goes through the same training code: an interrupted run resumes to the same weights."""
     import pandas as pd
@@ -226,8 +235,9 @@ def test_neighbour_evidence_by_hand():
                                rtol=1e-5, atol=1e-7)
 
 
-def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(tmp_path):
-    """Neighbours: training fits the heads on evidence computed once; the saved model reads raw sets."""
+@pytest.mark.parametrize("pooling", ["neighbours", "latent"])
+def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(tmp_path, pooling):
+    """A bank pooling: training fits the heads on evidence computed once; the saved model reads raw sets."""
     from data_prep.dataset import load_dataset
     from profiler.config import resolve
     from profiler.embeddings import EmbeddedData, EmbeddingStore
@@ -239,13 +249,17 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
-                                           "epochs": 2, "set_pooling": "neighbours", "neighbours": 5})
+                                           "epochs": 2, "set_pooling": pooling, "neighbours": 5,
+                                           "latent_neighbours": 5})
     train(embedded, tmp_path / "run", config, progress=False)
     model = load_model(tmp_path / "run" / "last.keras")
     stage, head = model.fixed_stage()
     mapped = embedded.mapped(stage, np.array([], np.int64))  # every user as at prediction time
-    assert mapped.vectors.shape == (len(embedded.vectors), 16)
-    assert (mapped.vectors >= 0).all()  # evidence: nothing below "says nothing"
+    if pooling == "neighbours":
+        assert mapped.vectors.shape == (len(embedded.vectors), 16)
+        assert (mapped.vectors >= 0).all()  # evidence: nothing below "says nothing"
+    else:  # a log-likelihood per label combination, finite
+        assert mapped.vectors.shape == (len(embedded.vectors), 96) and np.isfinite(mapped.vectors).all()
     raw = np.stack([pack_set(embedded.user_images(i), 4) for i in range(len(embedded))])
     evidence = np.stack([pack_set(mapped.user_images(i), 4) for i in range(len(mapped))])
     full, fitted = model(raw, training=False), head(evidence, training=False)
@@ -268,14 +282,15 @@ def test_a_user_id_the_submission_format_cannot_carry_is_refused(trained, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.txt"]  # no temporary file left
 
 
-def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path):
+@pytest.mark.parametrize("pooling", ["neighbours", "latent"])
+def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path, pooling):
     """A crafted config (a bank of 10^9 images) fails to load with a message, allocating nothing."""
     import json as json_
     import zipfile
 
     from profiler.models import load_model, save_model
 
-    save_model(small_model("neighbours"), tmp_path / "m.keras")
+    save_model(small_model(pooling), tmp_path / "m.keras")
     with zipfile.ZipFile(tmp_path / "m.keras") as z:
         files = {name: z.read(name) for name in z.namelist()}
     config = json_.loads(files["config.json"])
@@ -286,3 +301,35 @@ def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path):
             z.writestr(name, data)
     with pytest.raises(ModelFileError, match="evil.keras: not a loadable profiler model .*out of range"):
         load_model(tmp_path / "evil.keras")
+
+
+def test_latent_evidence_and_posterior_by_hand():
+    """One trait of two classes, sources (noise, class 0, class 1). The layer's log-likelihoods and the
+    posterior's Bayes rule over a set, computed by hand."""
+    from profiler.models.set_head import ComboPosterior, LatentEvidence
+
+    layer = LatentEvidence(size=3, dim=2, dims=2, classes=(2,), k=2, temperature=1.0, alpha=1.0)
+    layer.build((None, None, 2))
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    r = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # class 0's item, noise, class 1's item
+    pi = np.array([0.6, 0.2, 0.2])
+    emission = np.array([[0.8, 0.2, 0.0], [0.8, 0.0, 0.2]]) / pi  # theta (0.8, 0.2), allowed per class
+    layer.set_bank(np.eye(2), bank, r, pi, emission)
+    x = np.array([[[2.0, 0.0], [0.0, 3.0]]], np.float32)
+    out = np.asarray(layer(x))[0]
+    w = np.exp(np.array([1.0, 0.0]) - 1.0)  # image 1: bank 0 (similarity 1), bank 1 (0)
+    q1 = (w[0] * r[0] + w[1] * r[1] + pi) / (w.sum() + 1)
+    w2 = np.exp(np.array([1.0, 0.0]) - 1.0)  # image 2: bank 1 (1), then bank 0 or 2 (0, tied)
+    expected1 = np.log(q1 @ emission.T)
+    np.testing.assert_allclose(out[0], expected1, rtol=1e-5)
+    assert out[0, 0] > out[0, 1]  # class 0's item says class 0
+    assert out.shape == (2, 2) and np.isfinite(out).all() and w2.sum() > 0
+
+    posterior = ComboPosterior((2,))
+    posterior.build([(None, 2, 2), (None, 2)])
+    posterior.bias.assign(np.log([0.3, 0.7]))
+    loglike = np.array([[[0.5, -0.5], [9.0, 9.0]]], np.float32)
+    mask = np.array([[1.0, 0.0]], np.float32)  # the second slot is empty: adds nothing
+    (p,) = posterior([loglike, mask])
+    logits = np.log([0.3, 0.7]) + np.array([0.5, -0.5])
+    np.testing.assert_allclose(np.asarray(p)[0], np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)

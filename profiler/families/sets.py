@@ -103,7 +103,7 @@ class SetFamily(Family):
         return isinstance(data, EmbeddedData)
 
     def build(self, config, data=None, positions=None):
-        """The set model; its standardisation (and neighbour bank) from the users at ``positions``."""
+        """The set model; its standardisation (and bank of training images) from the users at ``positions``."""
         from profiler.models.set_head import SetProfiler
 
         if data is None:
@@ -114,11 +114,16 @@ class SetFamily(Family):
         if config.set_pooling == "neighbours":
             neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
                           "k": config.neighbours, "temperature": config.neighbour_temperature}
+        elif config.set_pooling == "latent":
+            neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
+                          "k": config.latent_neighbours, "temperature": config.latent_temperature}
         model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
                             dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
                             mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours)
-        if neighbours:
+        if config.set_pooling == "neighbours":
             fill_bank(model, data, positions, rows, config.seed)
+        elif config.set_pooling == "latent":
+            fill_sources(model, data, positions, rows, config.seed, rounds=config.latent_rounds)
         return model
 
     def split(self, model, data, positions):
@@ -162,25 +167,59 @@ class SetFamily(Family):
         return SetReader(info, encoder, store)
 
 
+def _bank_rows(model, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training images standardised as the model does, and their principal axes (dim, dims)."""
+    from sklearn.decomposition import PCA
+
+    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+    pca = PCA(model.get_layer("neighbours").dims, svd_solver="randomized", random_state=seed).fit(standard)
+    return standard, pca.components_.T
+
+
+def _class_priors(data, positions: np.ndarray) -> list[np.ndarray]:
+    """Each trait's class shares among the users at ``positions`` (add-one smoothed)."""
+    out = []
+    for t in TRAITS:
+        k = len(LABELS[t])
+        out.append((np.bincount(data.labels(t)[positions], minlength=k) + 1.0) / (len(positions) + k))
+    return out
+
+
 def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -> None:
     """Put the training images (``rows``, of the users at ``positions``) in the model's bank.
 
     Standardised as the model does, projected on their principal axes, labelled with
     their users' labels; the prior is each class's share of those users (add-one smoothed).
     """
-    from sklearn.decomposition import PCA
+    layer = model.get_layer("neighbours")
+    standard, projection = _bank_rows(model, rows, seed)
+    owner = np.repeat(positions, data.counts[positions])
+    onehots = [np.eye(len(LABELS[t]), dtype=np.float32)[data.labels(t)[owner]] for t in TRAITS]
+    layer.set_bank(projection, standard, np.concatenate(onehots, axis=1),
+                   np.concatenate(_class_priors(data, positions)))
+
+
+def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int) -> None:
+    """The "latent" pooling's bank: the training images (as ``fill_bank``) with their sources
+    learnt by EM from their users' labels (``profiler.models.latent.fit_sources``), and the
+    combinations' log prior (the product of the traits' smoothed class shares) as the
+    posterior's starting bias."""
+    from profiler.models.latent import fit_sources, layout
 
     layer = model.get_layer("neighbours")
-    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
-    pca = PCA(layer.dims, svd_solver="randomized", random_state=seed).fit(standard)
+    standard, projection = _bank_rows(model, rows, seed)
+    unit = standard @ projection
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
     owner = np.repeat(positions, data.counts[positions])
-    onehots, priors = [], []
-    for t in TRAITS:
-        k = len(LABELS[t])
-        users = data.labels(t)[positions]
-        onehots.append(np.eye(k, dtype=np.float32)[data.labels(t)[owner]])
-        priors.append((np.bincount(users, minlength=k) + 1.0) / (len(users) + k))
-    layer.set_bank(pca.components_.T, standard, np.concatenate(onehots, axis=1), np.concatenate(priors))
+    labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
+    sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes), k=layer.k,
+                          temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
+    layer.set_bank(projection, standard, sources.responsibilities, sources.pi, sources.emission)
+    priors = _class_priors(data, positions)
+    log_prior = np.log(priors[0])
+    for p in priors[1:]:
+        log_prior = np.add.outer(log_prior, np.log(p))
+    model.get_layer("posterior").bias.assign(log_prior.ravel().astype(np.float32))
 
 
 SETS = SetFamily()

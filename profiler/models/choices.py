@@ -13,8 +13,10 @@ DEFAULT_FILTERS = {"model1": (32, 64, 128, 256), "model2": (32, 64, 128, 128, 25
 
 #: poolings of per-image features before the set model's classification stage
 FEATURE_POOLINGS = ("mean", "sum", "max", "meanmax", "attention")
-#: every pooling of the set model: the last two add up per-image class evidence in each
-#: trait's head instead of pooling features
-SET_POOLINGS = FEATURE_POOLINGS + ("evidence", "neighbours")
+#: every pooling of the set model: the last three add up per-image evidence instead of
+#: pooling features ("latent": each image's log-likelihood of every label combination)
+SET_POOLINGS = FEATURE_POOLINGS + ("evidence", "neighbours", "latent")
+#: the poolings whose per-image evidence comes from a fixed bank of training images
+BANK_POOLINGS = ("neighbours", "latent")
 #: the most images per user the set model reads by default
 DEFAULT_CAP = 32

@@ -27,7 +27,7 @@ ops = keras.ops
 
 from core.labels import TRAITS, label_space
 from profiler import __version__
-from profiler.models.choices import DEFAULT_CAP, FEATURE_POOLINGS
+from profiler.models.choices import BANK_POOLINGS, DEFAULT_CAP, FEATURE_POOLINGS
 from profiler.models.heads import check_config, classification_stage, temperatures_of, trait_heads
 
 #: the most values a neighbours bank may hold (1 GiB of float32: a million images at 256 dims)
@@ -155,13 +155,19 @@ class NeighbourEvidence(keras.layers.Layer):
         self.k, self.temperature = int(min(k, size)), float(temperature)
         # a model file's configuration is input: refuse sizes that would allocate absurd memory
         if not (1 <= self.dims <= self.dim <= 1 << 16 and 1 <= self.size <= 1 << 24
-                and self.size * (self.dims + sum(self.classes)) <= MAX_BANK_VALUES
+                and 1 <= len(self.classes) <= 8 and all(1 <= c <= 1024 for c in self.classes)
+                and self.size * (self.dims + self.width) <= MAX_BANK_VALUES
                 and self.k >= 1 and self.temperature > 0 and all(c >= 1 for c in self.classes)):
             raise ValueError(f"neighbour bank of {self.size} x {self.dims} (dim {self.dim}, k {self.k}, "
                              f"temperature {self.temperature}) is out of range")
 
+    @property
+    def width(self) -> int:
+        """Columns of ``bank_labels``: one per class of every trait."""
+        return sum(self.classes)
+
     def build(self, shape):
-        width = sum(self.classes)
+        width = self.width
         self.projection = self.add_weight(shape=(self.dim, self.dims), initializer="zeros",
                                           trainable=False, name="projection")
         self.bank = self.add_weight(shape=(self.size, self.dims), initializer="zeros", trainable=False,
@@ -179,8 +185,9 @@ class NeighbourEvidence(keras.layers.Layer):
                               (self.bank_labels, bank_labels), (self.prior, prior)):
             weight.assign(np.asarray(value, np.float32))
 
-    def call(self, x, training=False):
-        shape = ops.shape(x)
+    def votes(self, x, training=False):
+        """(images, width) weighted votes of each image's ``k`` nearest bank images, and
+        (images, 1) the sum of their weights; ``x`` is (n, cap, dim) standardised."""
         z = ops.matmul(ops.reshape(x, (-1, self.dim)), self.projection)
         z = z / ops.maximum(ops.norm(z, axis=-1, keepdims=True), 1e-12)
         similarity = ops.matmul(z, ops.transpose(self.bank))  # (images, size)
@@ -189,7 +196,12 @@ class NeighbourEvidence(keras.layers.Layer):
         top, index = ops.top_k(similarity, self.k)
         weights = ops.exp((top - top[:, :1]) / self.temperature)  # (images, k), the best 1
         votes = ops.sum(ops.expand_dims(weights, -1) * ops.take(self.bank_labels, index, axis=0), axis=1)
-        h = (votes + self.prior) / (ops.sum(weights, axis=1, keepdims=True) + 1.0)
+        return votes, ops.sum(weights, axis=1, keepdims=True)
+
+    def call(self, x, training=False):
+        shape = ops.shape(x)
+        votes, total = self.votes(x, training)
+        h = (votes + self.prior) / (total + 1.0)
         evidence = ops.relu(ops.log(h / self.prior))
         return ops.reshape(evidence, (shape[0], shape[1], sum(self.classes)))
 
@@ -199,6 +211,98 @@ class NeighbourEvidence(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "size": self.size, "dim": self.dim, "dims": self.dims,
                 "classes": list(self.classes), "k": self.k, "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="profiler")
+class LatentEvidence(NeighbourEvidence):
+    """Each image's log-likelihood under every label combination, from its latent source.
+
+    The bank is the neighbours' one, but each training image carries its
+    *responsibilities* over the latent sources of ``profiler.models.latent`` (noise or
+    one trait's class), learnt by EM from the users' labels, instead of its user's
+    labels. An image's ``k`` nearest bank images give ``q(z | image)`` (their weighted
+    responsibilities, with ``alpha`` pseudo-votes of the sources' frequency ``prior``);
+    ``emission`` (combinations x sources) turns it into the image's likelihood under each
+    combination, and the output is its log: about 0 for every combination when the image
+    looks like noise, so a noise image adds nothing.
+    """
+
+    def __init__(self, *args, alpha: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha = float(alpha)
+        combos = int(np.prod(self.classes))
+        if not (0 < self.alpha <= 1e6 and combos <= 1 << 16 and combos * self.width <= MAX_BANK_VALUES):
+            raise ValueError(f"latent sources of {self.classes} classes (alpha {self.alpha}) are out of range")
+
+    @property
+    def width(self) -> int:
+        from profiler.models.latent import layout
+
+        return layout(self.classes).sources
+
+    @property
+    def combos(self) -> int:
+        return int(np.prod(self.classes))
+
+    def build(self, shape):
+        super().build(shape)
+        self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros", trainable=False,
+                                        name="emission")
+
+    def set_bank(self, projection, bank, bank_labels, prior, emission=None) -> None:
+        """Fill the bank; ``bank_labels`` are the responsibilities, ``prior`` the sources' frequency."""
+        super().set_bank(projection, bank, bank_labels, prior)
+        self.emission.assign(np.asarray(emission, np.float32))
+
+    def call(self, x, training=False):
+        shape = ops.shape(x)
+        votes, total = self.votes(x, training)
+        q = (votes + self.alpha * self.prior) / (total + self.alpha)
+        likelihood = ops.matmul(q, ops.transpose(self.emission))  # (images, combos)
+        return ops.reshape(ops.log(ops.maximum(likelihood, 1e-30)), (shape[0], shape[1], self.combos))
+
+    def compute_output_shape(self, shape):
+        return tuple(shape[:-1]) + (self.combos,)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="profiler")
+class ComboPosterior(keras.layers.Layer):
+    """Per-trait class probabilities from each image's log-likelihood of every combination.
+
+    The real images' log-likelihoods are added (an empty slot adds nothing), scaled by a
+    learnt ``scale`` (1 at first), the log prior of each combination (``bias``, learnt,
+    filled with the training users' frequencies) is added, and the softmax over the
+    combinations is summed over the other traits: the Bayes rule over a set. Returns one
+    (n, classes) array per trait.
+    """
+
+    def __init__(self, classes: tuple[int, ...], **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.classes = tuple(int(c) for c in classes)
+        if not (1 <= len(self.classes) <= 8 and 1 <= int(np.prod(self.classes)) <= 1 << 16):
+            raise ValueError(f"label combinations of {self.classes} classes are out of range")
+
+    def build(self, shapes):
+        self.bias = self.add_weight(shape=(int(np.prod(self.classes)),), initializer="zeros", name="bias")
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+    def call(self, inputs):
+        loglike, mask = inputs
+        m = ops.expand_dims(ops.cast(mask > 0.5, loglike.dtype), -1)  # (n, cap, 1)
+        total = ops.sum(loglike * m, axis=1)  # (n, combos)
+        joint = ops.reshape(ops.softmax(self.scale * total + self.bias, axis=-1), (-1, *self.classes))
+        axes = range(1, len(self.classes) + 1)
+        return [ops.sum(joint, axis=tuple(a for a in axes if a != t + 1)) for t in range(len(self.classes))]
+
+    def compute_output_shape(self, shapes):
+        return [(shapes[0][0], c) for c in self.classes]
+
+    def get_config(self):
+        return {**super().get_config(), "classes": list(self.classes)}
 
 
 @keras.saving.register_keras_serializable(package="profiler")
@@ -225,13 +329,16 @@ class SetProfiler(keras.Model):
         inputs = keras.Input((cap, dim + 1), dtype="float32", name="set")
         x, mask = SplitMask(name="split")(inputs)
         x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
-        if pooling == "neighbours":  # fixed evidence from the training bank; only the heads learn
-            x = NeighbourEvidence(dim=dim, classes=tuple(len(labels[t]) for t in TRAITS),
-                                  name="neighbours", **dict(neighbours or {}))(x)
+        classes = tuple(len(labels[t]) for t in TRAITS)
+        if pooling in BANK_POOLINGS:  # fixed evidence from the training bank; only the heads learn
+            bank = LatentEvidence if pooling == "latent" else NeighbourEvidence
+            x = bank(dim=dim, classes=classes, name="neighbours", **dict(neighbours or {}))(x)
         else:
             for i, units in enumerate(hidden, 1):
                 x = keras.layers.Dense(units, activation="relu", name=f"image{i}")(x)
-        if pooling in ("evidence", "neighbours"):  # per-image evidence, summed per trait
+        if pooling == "latent":  # the Bayes rule over the images' log-likelihoods
+            outputs = dict(zip(TRAITS, ComboPosterior(classes, name="posterior")([x, mask])))
+        elif pooling in ("evidence", "neighbours"):  # per-image evidence, summed per trait
             if dropout and pooling == "evidence":
                 x = keras.layers.Dropout(dropout, name="image_dropout")(x)
             outputs = {}
@@ -262,32 +369,36 @@ class SetProfiler(keras.Model):
         self.temperatures = temperatures_of(temperatures)  # fitted after training; see calibration
         self.decisions = decisions  # recorded after training; see profiler.decisions
         self.ood = ood  # recorded after training; see profiler.ood
-        self.neighbours = (None if pooling != "neighbours" else
+        self.neighbours = (None if pooling not in BANK_POOLINGS else
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
-                            if k in ("size", "dims", "k", "temperature")})
+                            if k in ("size", "dims", "k", "temperature", "alpha")})
 
     def fixed_stage(self):
         """``(stage, head)`` where the model starts with a stage that training never changes.
 
-        With "neighbours" pooling, each image's evidence depends only on the image (and the
-        fixed bank), so training computes it once per image with ``stage`` (standardised
-        rows (n, dim) in, evidence (n, width) out) and fits ``head``, a model over sets of
-        evidence rows that shares its layers (so its weights) with this one. ``None`` for
-        the other poolings: every layer before the heads learns.
+        With "neighbours" or "latent" pooling, each image's evidence depends only on the image
+        (and the fixed bank), so training computes it once per image with ``stage``
+        (standardised rows (n, dim) in, evidence (n, width) out) and fits ``head``, a model
+        over sets of evidence rows that shares its layers (so its weights) with this one.
+        ``None`` for the other poolings: every layer before the heads learns.
         """
-        if self.pooling != "neighbours":
+        if self.pooling not in BANK_POOLINGS:
             return None
         standardize, neighbours = self.get_layer("standardize"), self.get_layer("neighbours")
 
         def stage(rows: np.ndarray, *, training: bool, chunk: int = 1024) -> np.ndarray:
             out = [np.asarray(neighbours(standardize(rows[i:i + chunk][None]), training=training))[0]
                    for i in range(0, len(rows), chunk)]
-            return np.concatenate(out) if out else np.zeros((0, sum(neighbours.classes)), np.float32)
+            return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
-        width = sum(neighbours.classes)
+        width = neighbours.combos if self.pooling == "latent" else sum(neighbours.classes)
         inputs = keras.Input((self.cap, width + 1), dtype="float32", name="evidence_set")
         x, mask = SplitMask(name="split_evidence")(inputs)
-        head = keras.Model(inputs, {t: self.get_layer(t)([x, mask]) for t in TRAITS}, name="set_head")
+        if self.pooling == "latent":
+            outputs = dict(zip(TRAITS, self.get_layer("posterior")([x, mask])))
+        else:
+            outputs = {t: self.get_layer(t)([x, mask]) for t in TRAITS}
+        head = keras.Model(inputs, outputs, name="set_head")
         return stage, head
 
     def get_config(self) -> dict:

@@ -1,0 +1,131 @@
+"""Which of a user's images tell what: the latent sources behind the "latent" set pooling.
+
+A user's labels say nothing about which of its images carry them. This module models
+each image as coming from one latent *source*: noise (the same for every user) or one
+trait's class (a female-only item, a region's landmark, a job's tool). A user whose labels are the
+combination ``c`` posts sources ``z`` with probability ``theta[kind(z)]`` when ``z``
+agrees with ``c`` (noise always does) and never otherwise. An image's likelihood under
+``c`` is then ``sum_z allowed[c, z] * theta[kind(z)] * q(z | image) / pi(z)``, with
+``q(z | image)`` read from the training images most like it and ``pi`` the sources'
+overall frequency; a user's posterior over combinations is the prior times the product
+over its images, which is how the Bayes rule reads a set.
+
+``fit_sources`` learns the training images' sources by expectation-maximisation from
+the users' labels alone: each round, an image's responsibilities over the sources its
+user's labels allow are re-estimated from the responsibilities of its nearest training
+images (itself and exact duplicates left out) and ``theta``. Images of one item sit
+together in the encoder's space and are posted by users who share the item's labels,
+so their responsibilities sharpen towards the item's source, while a noise item's
+neighbours belong to users of every class and stay noise. Numpy only; the Keras layer
+that reads the result is ``profiler.models.set_head.LatentEvidence``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: the share of a user's images first assumed to be noise, and to carry each trait's class:
+#: the starting point of ``theta`` (re-estimated every round)
+START_NOISE, START_TRAIT = 0.7, 0.1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The sources for traits with ``classes`` classes each (in trait order).
+
+    ``kind[z]``: 0 for noise, 1 + t for trait ``t``'s classes. ``allowed[c, z]``: whether combination ``c`` (traits' classes
+    in row-major order, as ``np.ndindex(*classes)`` lists them) can post source ``z``.
+    """
+
+    classes: tuple[int, ...]
+    kind: np.ndarray
+    allowed: np.ndarray
+
+    @property
+    def sources(self) -> int:
+        return len(self.kind)
+
+    @property
+    def kinds(self) -> int:
+        return int(self.kind.max()) + 1
+
+    def of_labels(self, labels: np.ndarray) -> np.ndarray:
+        """(n, sources) 0/1: the sources that users with ``labels`` (n, traits) may post."""
+        combo = np.ravel_multi_index(tuple(np.asarray(labels).T), self.classes)
+        return self.allowed[combo]
+
+
+def layout(classes) -> Layout:
+    """The sources of traits with ``classes`` classes: noise, then each trait's classes."""
+    classes = tuple(int(c) for c in classes)
+    combos = np.array(list(np.ndindex(*classes)), dtype=np.int64).reshape(-1, len(classes))
+    kind, columns = [0], [np.ones(len(combos), bool)]
+    for t, k in enumerate(classes):
+        for value in range(k):
+            kind.append(1 + t)
+            columns.append(combos[:, t] == value)
+    return Layout(classes, np.array(kind, np.int64), np.stack(columns, axis=1).astype(np.float64))
+
+
+def start_theta(plan: Layout) -> np.ndarray:
+    theta = np.array([START_NOISE] + [START_TRAIT] * len(plan.classes))
+    return theta / theta.sum()
+
+
+def nearest(points: np.ndarray, bank: np.ndarray, k: int, temperature: float, *,
+            exclude_same: bool, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's ``k`` most similar bank rows (unit-length rows: cosine similarity) and
+    their vote weights ``exp((similarity - best) / temperature)``, as the layer weighs them.
+    ``exclude_same`` leaves out bank rows above 0.9999 similarity (itself, exact duplicates)."""
+    k = min(k, len(bank))
+    index = np.zeros((len(points), k), np.int64)
+    weight = np.zeros((len(points), k), np.float64)
+    for i in range(0, len(points), chunk):
+        sim = points[i:i + chunk] @ bank.T
+        if exclude_same:
+            sim[sim > 0.9999] = -2.0
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < len(bank) else np.tile(np.arange(k), (len(sim), 1))
+        s = np.take_along_axis(sim, top, axis=1).astype(np.float64)
+        index[i:i + chunk] = top
+        weight[i:i + chunk] = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
+    return index, weight
+
+
+def read_sources(index: np.ndarray, weight: np.ndarray, responsibilities: np.ndarray,
+                 pi: np.ndarray, alpha: float) -> np.ndarray:
+    """q(z | image): its neighbours' weighted responsibilities with ``alpha`` pseudo-votes of ``pi``."""
+    votes = np.einsum("nk,nkz->nz", weight, responsibilities[index])
+    return (votes + alpha * pi) / (weight.sum(axis=1, keepdims=True) + alpha)
+
+
+@dataclass
+class Sources:
+    """What ``fit_sources`` learnt: per training image its responsibilities, the sources'
+    frequency ``pi``, the kinds' shares ``theta`` and the (combos, sources) emission
+    factors ``allowed * theta[kind] / pi`` that turn q(z | image) into likelihoods."""
+
+    responsibilities: np.ndarray
+    pi: np.ndarray
+    theta: np.ndarray
+    emission: np.ndarray
+
+
+def fit_sources(unit_rows: np.ndarray, labels: np.ndarray, plan: Layout, *, k: int, temperature: float,
+                alpha: float = 1.0, rounds: int = 5) -> Sources:
+    """EM over the training images' sources.
+
+    ``unit_rows`` (n, d): the training images as the layer compares them (projected,
+    unit length); ``labels`` (n, traits): each image's user's labels.
+    """
+    allowed = plan.of_labels(labels)
+    theta = start_theta(plan)
+    index, weight = nearest(unit_rows, unit_rows, k, temperature, exclude_same=True)
+    q = None
+    for _ in range(max(1, rounds)):
+        r = allowed * theta[plan.kind] * (1.0 if q is None else q)
+        r /= r.sum(axis=1, keepdims=True)
+        theta = np.bincount(plan.kind, weights=r.sum(axis=0), minlength=plan.kinds) / len(r)
+        pi = np.maximum(r.mean(axis=0), 1e-12)
+        q = read_sources(index, weight, r, pi, alpha) / pi
+    return Sources(r, pi, theta, plan.allowed * theta[plan.kind] / pi)

@@ -1,0 +1,63 @@
+"""profiler.models.latent: the sources' layout, the neighbour reading and EM on hand-made cases."""
+import numpy as np
+import pytest
+
+from profiler.models.latent import fit_sources, layout, nearest, read_sources, start_theta
+
+
+def test_layout_lists_noise_then_each_traits_classes():
+    plan = layout((2, 3))
+    assert plan.sources == 6 and plan.kinds == 3 and plan.kind.tolist() == [0, 1, 1, 2, 2, 2]
+    # combination (1, 2) (row-major: 1 * 3 + 2 = 5) may post noise, class 1 of trait 0, class 2 of trait 1
+    assert plan.allowed[5].tolist() == [1, 0, 1, 0, 0, 1]
+    assert plan.of_labels(np.array([[1, 2], [0, 0]])).tolist() == [[1, 0, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]]
+    assert plan.allowed.sum(axis=1).tolist() == [3] * 6
+    assert start_theta(plan) == pytest.approx([0.7 / 0.9, 0.1 / 0.9, 0.1 / 0.9])
+
+
+def test_nearest_leaves_out_the_image_itself_and_exact_duplicates():
+    bank = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    index, weight = nearest(bank, bank, 2, 1.0, exclude_same=True)
+    assert sorted(index[0].tolist()) == [2, 3]  # rows 0 and 1 are the same image
+    best = np.argmax(weight[0])
+    assert index[0, best] == 2 and weight[0, best] == pytest.approx(1.0)
+    assert weight[0].min() == pytest.approx(np.exp(0.0 - 0.6))
+    index, _ = nearest(bank[:1], bank, 1, 1.0, exclude_same=False)
+    assert index[0, 0] in (0, 1)
+
+
+def test_read_sources_by_hand():
+    r = np.array([[0.0, 1.0], [1.0, 0.0]])
+    pi = np.array([0.5, 0.5])
+    q = read_sources(np.array([[0, 1]]), np.array([[1.0, 0.5]]), r, pi, alpha=1.0)
+    # votes (0.5, 1.0) plus one pseudo-vote (0.5, 0.5), over 1.5 + 1
+    assert q[0].tolist() == pytest.approx([1.0 / 2.5, 1.5 / 2.5])
+
+
+def test_em_finds_the_telling_items_among_noise():
+    """One trait, two classes. Half of a user's images show its class's item (near (1, 0) for
+    class 1, near (-1, 0) for class 0), the rest a noise item (near (0, 1)) that everyone posts.
+    Four rounds of EM single out the items' images as their class's source; the noise item's stay noise."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(40), 5)
+    labels = (users % 2)[:, None]
+    telling = rng.random(len(users)) < 0.5
+    item = np.where(labels[:, 0] == 1, 1.0, -1.0)
+    rows = np.stack([np.where(telling, item, 0.0), np.where(telling, 0.0, 1.0)], axis=1)
+    rows += rng.normal(scale=0.05, size=rows.shape)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    sources = fit_sources(rows, labels, layout((2,)), k=10, temperature=0.1, rounds=4)
+    r = sources.responsibilities
+    assert r.shape == (200, 3) and np.allclose(r.sum(axis=1), 1.0)
+    mine = 1 + labels[:, 0]  # each image's user's class's source
+    # every telling image is taken for its class's source more than any noise image is
+    assert r[telling, mine[telling]].min() > 0.45 > 0.3 > r[~telling, mine[~telling]].max()
+    assert r[~telling, 0].mean() > 0.8 and not r[:, 1][labels[:, 0] == 1].any()  # never another class
+    assert sources.theta.sum() == pytest.approx(1.0) and 0.6 < sources.theta[0] < 0.8
+    # read back: an item's image is far likelier under its class; a noise image says less than any item's
+    q = read_sources(*nearest(rows, rows, 10, 0.1, exclude_same=True), r, sources.pi, 1.0) / sources.pi
+    ratio = np.log(q @ sources.emission.T)
+    ratio = ratio[:, 1] - ratio[:, 0]  # log-likelihood ratio, class 1 against class 0
+    sign = np.where(labels[:, 0] == 1, 1.0, -1.0)
+    assert (sign * ratio)[telling].min() > np.log(5)
+    assert np.abs(ratio[~telling]).max() < (sign * ratio)[telling].min() and np.abs(ratio[~telling]).mean() < 0.5
