@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from bench.common import bench_jpegs, figure, photo_like, stage_main
+from bench.common import bench_jpegs, embedding_rates, figure, photo_like, stage_main
 
 RUNTIMES = {"keras (before)": "efficientnet_lite0", "litert float32": "efficientnet_lite0_float32",
             "litert int8": "efficientnet_lite0_int8"}
@@ -90,12 +90,7 @@ def network(images: int, runs: int) -> tuple[dict, dict, dict]:
     x = np.stack([base.preprocess(photo_like(rng, 256)) for _ in range(images)])
     for encoder in encoders.values():
         encoder.embed(x[:encoder.chunk])  # build or convert, load, warm up
-    rates, embeddings = {label: [] for label in encoders}, {}
-    for _ in range(runs):
-        for label, encoder in encoders.items():
-            start = time.perf_counter()
-            embeddings[label] = encoder.embed(x)
-            rates[label].append(len(x) / (time.perf_counter() - start))
+    rates, embeddings = embedding_rates(encoders, x, runs)
     reference = embeddings["keras (before)"]
     cosines = {}
     for label, e in embeddings.items():

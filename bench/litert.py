@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import embedding_rates, machine
 
 RUNTIMES = {"keras": "efficientnet_lite0", "litert float32": "efficientnet_lite0_float32",
             "litert int8": "efficientnet_lite0_int8"}
@@ -55,17 +55,11 @@ def speed_and_agreement(test: Path, images: int, runs: int) -> dict:
             break
     x = np.stack(inputs[:images])
     out = {"images": len(x), "runs": runs}
-    embeddings = {}
     for label, encoder in encoders.items():
         t = time.perf_counter()
         encoder.embed(x[:encoder.chunk])  # build or convert, load, warm up
         out[f"{label} start s"] = time.perf_counter() - t
-    rates = {label: [] for label in encoders}
-    for _ in range(runs):
-        for label, encoder in encoders.items():
-            t = time.perf_counter()
-            embeddings[label] = encoder.embed(x)
-            rates[label].append(len(x) / (time.perf_counter() - t))
+    rates, embeddings = embedding_rates(encoders, x, runs)
     reference = embeddings["keras"]
     for label in encoders:
         out[label] = {"images_per_s": float(np.median(rates[label])), "all": rates[label],

@@ -2,7 +2,7 @@
 
 Reproduce with (the sample datasets first, e.g. at the MEX-A3T size):
   profiler sample-data data/m0 --users 5000 --seed 0
-  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence,neighbours] [--out results/science.md]
+  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence,neighbours,latent] [--out results/science.md]
 
 For each sample dataset: the Bayes rule (the ceiling), the instance-probe reference (the
 features' limit: a linear probe from each image's embedding to its answer-key group,
@@ -115,7 +115,7 @@ def render(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="+", type=Path, help="sample dataset folders")
-    parser.add_argument("--poolings", default="mean,evidence,neighbours")
+    parser.add_argument("--poolings", default="mean,evidence,neighbours,latent")
     parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("results/science.md"))
     args = parser.parse_args()

@@ -58,7 +58,7 @@ class TrainConfig:
     encoder: str = "efficientnet_lite0_int8"  # LiteRT int8; why: results/litert.md
     cap: int = DEFAULT_CAP  # most images per user the head sees (fewer are masked, never filled)
     hidden: list[int] = field(default_factory=lambda: [256])  # per-image layers before pooling
-    set_pooling: str = "neighbours"  # chosen by measurement on the sample data (README, results/science.md)
+    set_pooling: str = "latent"  # chosen by measurement on the sample data (README, results/science.md)
     neighbours: int = 200  # "neighbours" pooling: training images that vote for each image
     neighbour_dims: int = 256  # principal axes the bank's similarity is computed on
     neighbour_temperature: float = 0.1  # vote weights exp((similarity - best) / temperature)

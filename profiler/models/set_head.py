@@ -235,10 +235,18 @@ class LatentEvidence(NeighbourEvidence):
             raise ValueError(f"latent sources of {self.classes} classes (alpha {self.alpha}) are out of range")
 
     @property
-    def width(self) -> int:
+    def sources(self) -> int:
         from profiler.models.latent import layout
 
         return layout(self.classes).sources
+
+    @property
+    def width(self) -> int:
+        """The sources, padded with empty columns to a multiple of 16: the vote sum then runs
+        in whole SIMD packets for every image, so an image's evidence cannot depend on its
+        position in a batch (with 17 columns, packets straddle images and the CPU kernels
+        round the ones at a packet's tail differently)."""
+        return -(-self.sources // 16) * 16
 
     @property
     def combos(self) -> int:
@@ -250,9 +258,16 @@ class LatentEvidence(NeighbourEvidence):
                                         name="emission")
 
     def set_bank(self, projection, bank, bank_labels, prior, emission=None) -> None:
-        """Fill the bank; ``bank_labels`` are the responsibilities, ``prior`` the sources' frequency."""
-        super().set_bank(projection, bank, bank_labels, prior)
-        self.emission.assign(np.asarray(emission, np.float32))
+        """Fill the bank: ``bank_labels`` (size, sources) the responsibilities, ``prior`` the
+        sources' frequency, ``emission`` (combinations, sources); padded here to ``width``."""
+        pad = self.width - self.sources
+
+        def padded(a):
+            a = np.asarray(a, np.float32)
+            return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
+
+        super().set_bank(projection, bank, padded(bank_labels), padded(prior))
+        self.emission.assign(padded(emission))
 
     def call(self, x, training=False):
         shape = ops.shape(x)
