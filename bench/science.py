@@ -3,6 +3,7 @@
 Reproduce with (the sample datasets first, e.g. at the MEX-A3T size):
   profiler sample-data data/m0 --users 5000 --seed 0
   .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence,neighbours,latent] [--out results/science.md]
+  (--update: rerun some poolings and keep the other rows of the datasets already in --out)
 
 For each sample dataset: the Bayes rule (the ceiling), the instance-probe reference (the
 features' limit: a linear probe from each image's embedding to its answer-key group,
@@ -79,6 +80,23 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> d
             "timings": timings, "scores": scores}
 
 
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` runs with ``new`` ones laid over them: per dataset, the new run's rows replace
+    rows of the same name and are added after the rest; the new timings join the old;
+    datasets only in one of them are kept as they are, in ``old``'s order then ``new``'s."""
+    fresh = {run["data"]: run for run in new}
+    out = []
+    for run in old:
+        if run["data"] in fresh:
+            update = fresh.pop(run["data"])
+            scores = {**run["scores"], **update["scores"]}
+            order = [n for n in run["scores"]] + [n for n in update["scores"] if n not in run["scores"]]
+            run = {**update, "scores": {n: scores[n] for n in order},
+                   "timings": {**run["timings"], **update["timings"]}}
+        out.append(run)
+    return out + list(fresh.values())
+
+
 def render(runs: list[dict]) -> str:
     from tabulate import tabulate
 
@@ -118,6 +136,9 @@ def main() -> None:
     parser.add_argument("--poolings", default="mean,evidence,neighbours,latent")
     parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("results/science.md"))
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other rows of the datasets already in --out's .json and replace "
+                             "(or add) only these poolings' rows and the references")
     args = parser.parse_args()
     from core.io import atomic_write_text
 
@@ -126,6 +147,8 @@ def main() -> None:
         _log(f"{data}:")
         with tempfile.TemporaryDirectory() as work:
             runs.append(evaluate(data, args.poolings.split(","), args.embeddings, Path(work)))
+    if args.update and args.out.with_suffix(".json").is_file():
+        runs = merged(json.loads(args.out.with_suffix(".json").read_text()), runs)
     text = render(runs)
     atomic_write_text(args.out, text)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(runs, indent=2) + "\n")

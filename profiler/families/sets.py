@@ -123,7 +123,8 @@ class SetFamily(Family):
         if config.set_pooling == "neighbours":
             fill_bank(model, data, positions, rows, config.seed)
         elif config.set_pooling == "latent":
-            fill_sources(model, data, positions, rows, config.seed, rounds=config.latent_rounds)
+            fill_sources(model, data, positions, rows, config.seed, rounds=config.latent_rounds,
+                         balanced=config.class_weight == "balanced")
         return model
 
     def split(self, model, data, positions):
@@ -199,11 +200,13 @@ def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -
                    np.concatenate(_class_priors(data, positions)))
 
 
-def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int) -> None:
+def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int,
+                 balanced: bool) -> None:
     """The "latent" pooling's bank: the training images (as ``fill_bank``) with their sources
     learnt by EM from their users' labels (``profiler.models.latent.fit_sources``), and the
-    combinations' log prior (the product of the traits' smoothed class shares) as the
-    posterior's starting bias."""
+    posterior's starting bias: none where training weighs the classes equally (``balanced``:
+    the model's outputs are then balanced, as prediction's prior shift expects), else the
+    combinations' log prior (the product of the traits' smoothed class shares)."""
     from profiler.models.latent import fit_sources, layout
 
     layer = model.get_layer("neighbours")
@@ -215,6 +218,8 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes), k=layer.k,
                           temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
     layer.set_bank(projection, standard, sources.responsibilities, sources.pi, sources.emission)
+    if balanced:
+        return  # the bias starts at zero
     priors = _class_priors(data, positions)
     log_prior = np.log(priors[0])
     for p in priors[1:]:

@@ -288,8 +288,9 @@ class ComboPosterior(keras.layers.Layer):
     """Per-trait class probabilities from each image's log-likelihood of every combination.
 
     The real images' log-likelihoods are added (an empty slot adds nothing), scaled by a
-    learnt ``scale`` (1 at first), the log prior of each combination (``bias``, learnt,
-    filled with the training users' frequencies) is added, and the softmax over the
+    learnt ``scale`` (1 at first), the log prior of each combination (``bias``, learnt; it
+    starts even where training weighs the classes equally, else at the training users'
+    frequencies) is added, and the softmax over the
     combinations is summed over the other traits: the Bayes rule over a set. Returns one
     (n, classes) array per trait.
     """
