@@ -34,8 +34,9 @@ START_NOISE, START_TRAIT = 0.7, 0.1
 class Layout:
     """The sources for traits with ``classes`` classes each (in trait order).
 
-    ``kind[z]``: 0 for noise, 1 + t for trait ``t``'s classes. ``allowed[c, z]``: whether combination ``c`` (traits' classes
-    in row-major order, as ``np.ndindex(*classes)`` lists them) can post source ``z``.
+    ``kind[z]``: 0 for noise, 1 + t for trait ``t``'s classes. ``allowed[c, z]``: whether
+    combination ``c`` (traits' classes in row-major order, as ``np.ndindex(*classes)`` lists
+    them) can post source ``z``.
     """
 
     classes: tuple[int, ...]

@@ -230,8 +230,7 @@ class LatentEvidence(NeighbourEvidence):
     def __init__(self, *args, alpha: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha = float(alpha)
-        combos = int(np.prod(self.classes))
-        if not (0 < self.alpha <= 1e6 and combos <= 1 << 16 and combos * self.width <= MAX_BANK_VALUES):
+        if not (0 < self.alpha <= 1e6 and self.combos <= 1 << 16 and self.combos * self.width <= MAX_BANK_VALUES):
             raise ValueError(f"latent sources of {self.classes} classes (alpha {self.alpha}) are out of range")
 
     @property
@@ -257,7 +256,7 @@ class LatentEvidence(NeighbourEvidence):
         self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros", trainable=False,
                                         name="emission")
 
-    def set_bank(self, projection, bank, bank_labels, prior, emission=None) -> None:
+    def set_bank(self, projection, bank, bank_labels, prior, emission) -> None:
         """Fill the bank: ``bank_labels`` (size, sources) the responsibilities, ``prior`` the
         sources' frequency, ``emission`` (combinations, sources); padded here to ``width``."""
         pad = self.width - self.sources
