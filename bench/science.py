@@ -2,7 +2,7 @@
 
 Reproduce with (the sample datasets first, e.g. at the MEX-A3T size):
   profiler sample-data data/m0 --users 5000 --seed 0
-  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,evidence,neighbours,latent] [--out results/science.md]
+  .venv/bin/python -m bench.science data/m0 data/m1 [--poolings mean,latent:latent_reader_l2=null,latent] [--out results/science.md]
   (--update: rerun some poolings and keep the other rows of the datasets already in --out)
 
 For each sample dataset: the Bayes rule (the ceiling), the instance-probe reference (the
@@ -61,29 +61,43 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> d
         probe_submission(data, embedded["train"], embedded["test"], work / "probe.txt"))
     timings["probe_s"] = time.perf_counter() - t
     predictions["Item oracle + logistic regression"] = read_truth(oracle_submission(data, work / "oracle.txt"))
-    for pooling in poolings:
-        config = dataclasses.replace(base, set_pooling=pooling)
+    for k, choice in enumerate(poolings):
+        pooling, settings = variant(choice)
+        config = dataclasses.replace(base, set_pooling=pooling, **settings)
         t = time.perf_counter()
-        summary = train(embedded["train"], work / pooling, config, progress=False)
-        timings[f"train_{pooling}_s"] = time.perf_counter() - t
+        summary = train(embedded["train"], work / f"m{k}", config, progress=False)
+        timings[f"train_{choice}_s"] = time.perf_counter() - t
         with EmbeddingStore(store_path) as store:
-            predictor = Predictor.load(work / pooling / "model.keras", encoder=encoder, store=store)
+            predictor = Predictor.load(work / f"m{k}" / "model.keras", encoder=encoder, store=store)
             rows = [r for batch in iter_predictions(datasets["test"].users, predictor) for r in batch]
         table = flatten(rows, predictor.info["labels"]).set_index("user_id")[list(TRAITS)]
-        predictions[f"Set model ({pooling} pooling)"] = table
-        _log(f"  {pooling}: {summary['epochs_run']} epochs, best {summary['best_epoch']}")
+        extra = "".join(f", {pair}" for pair in choice.split(":")[1:])
+        predictions[f"Set model ({pooling} pooling{extra})"] = table
+        _log(f"  {choice}: {summary['epochs_run']} epochs, best {summary['best_epoch']}")
     scores = {name: evaluation.score(truth, p, bootstrap=1000, seed=0) for name, p in predictions.items()}
     meta = json.loads((data / "generator.json").read_text())
-    return {"data": str(data), "seed": meta["seed"], "users": meta["users"],
+    m = machine()
+    return {"data": str(data), "machine": f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('features')}",
+            "seed": meta["seed"], "users": meta["users"],
             "signal": meta["process"]["signal"], "majority_accuracy": meta["majority_accuracy"],
             "images": {s: int(len(e.vectors)) for s, e in embedded.items()}, "encoder": encoder.identity,
             "timings": timings, "scores": scores}
 
 
+def variant(choice: str) -> tuple[str, dict]:
+    """``POOLING[:KEY=VALUE...]`` (a pooling and settings of it) as the pooling and the settings."""
+    from profiler.config import apply_overrides
+
+    pooling, *pairs = choice.split(":")
+    settings = dict(pair.split("=", 1) for pair in pairs)
+    return pooling, apply_overrides({}, settings, source=f"--poolings {choice}")
+
+
 def merged(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` runs with ``new`` ones laid over them: per dataset, the new run's rows replace
     rows of the same name and are added after the rest; the new timings join the old;
-    datasets only in one of them are kept as they are, in ``old``'s order then ``new``'s."""
+    datasets only in one of them are kept as they are, in ``old``'s order then ``new``'s.
+    Rows kept from ``old`` are listed with the machine they were measured on (``kept``)."""
     fresh = {run["data"]: run for run in new}
     out = []
     for run in old:
@@ -91,8 +105,10 @@ def merged(old: list[dict], new: list[dict]) -> list[dict]:
             update = fresh.pop(run["data"])
             scores = {**run["scores"], **update["scores"]}
             order = [n for n in run["scores"]] + [n for n in update["scores"] if n not in run["scores"]]
+            where = run.get("machine", "an earlier run's machine")
+            kept = {n: run.get("kept", {}).get(n, where) for n in run["scores"] if n not in update["scores"]}
             run = {**update, "scores": {n: scores[n] for n in order},
-                   "timings": {**run["timings"], **update["timings"]}}
+                   "timings": {**run["timings"], **update["timings"]}, "kept": kept}
         out.append(run)
     return out + list(fresh.values())
 
@@ -124,6 +140,9 @@ def render(runs: list[dict]) -> str:
                   f"Encoder {run['encoder']}. Majority-class accuracy: "
                   + ", ".join(f"{t} {v:.2f}" for t, v in run["majority_accuracy"].items())
                   + ". Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in run["timings"].items()) + ".", "",
+                  *([f"Measured on {run['machine']}"
+                     + "".join(f"; the row {n!r} earlier, on {w}" for n, w in run.get("kept", {}).items())
+                     + ".", ""] if "machine" in run else []),
                   tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False), ""]
     m = machine()
     parts.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, features: {m.get('features')}.")
@@ -133,7 +152,8 @@ def render(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="+", type=Path, help="sample dataset folders")
-    parser.add_argument("--poolings", default="mean,evidence,neighbours,latent")
+    parser.add_argument("--poolings", default="mean,evidence,neighbours,latent:latent_reader_l2=null,latent",
+                        help="comma-separated poolings, each with optional :KEY=VALUE settings")
     parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("results/science.md"))
     parser.add_argument("--update", action="store_true",

@@ -65,6 +65,9 @@ class TrainConfig:
     latent_neighbours: int = 50  # "latent" pooling: training images whose sources each image reads
     latent_temperature: float = 0.05  # their vote weights, as neighbour_temperature
     latent_rounds: int = 4  # EM rounds over the training images' sources (profiler.models.latent)
+    # L2 penalty of the "latent" pooling's learnt correction of the neighbours' reading
+    # (set_head.SourceReader); null: no correction, the sources as the neighbours read them
+    latent_reader_l2: float | None = 1e-3
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -93,6 +96,9 @@ class TrainConfig:
              "neighbours and neighbour_dims must be at least 1 and neighbour_temperature positive"),
             (self.latent_neighbours >= 1 and self.latent_rounds >= 1 and self.latent_temperature > 0,
              "latent_neighbours and latent_rounds must be at least 1 and latent_temperature positive"),
+            (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
+                                               and 0 <= self.latent_reader_l2 <= 1e6),
+             f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),
@@ -132,6 +138,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+#: number fields that may also be null (``null``, ``none`` or ``off`` on the command line)
+NULLABLE = ("latent_reader_l2",)
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -140,6 +150,8 @@ def _coerce(key: str, value):
     """Turn a command-line string into the type of field ``key``."""
     if not isinstance(value, str):
         return value
+    if key in NULLABLE and value.lower() in ("null", "none", "off"):
+        return None
     default = TrainConfig().__getattribute__(key)
     if isinstance(default, bool):
         if value.lower() in ("1", "true", "yes", "on"):

@@ -12,7 +12,9 @@ from profiler.models.set_head import SetProfiler
 from tests.helpers import interrupt_after, make_dataset
 
 
-POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours", "latent"]
+#: "latent-bank": the latent pooling without the learnt source reader (as models trained with
+#: latent_reader_l2 null, and as the first latent models were saved)
+POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours", "latent", "latent-bank"]
 
 
 def small_model(pooling="meanmax", dim=8, cap=6):
@@ -20,7 +22,10 @@ def small_model(pooling="meanmax", dim=8, cap=6):
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
-    bank = {"size": 10, "dims": 4, "k": 3, "temperature": 0.5} if pooling in ("neighbours", "latent") else None
+    reader = pooling == "latent"
+    pooling = "latent" if pooling == "latent-bank" else pooling
+    bank = ({"size": 10, "dims": 4, "k": 3, "temperature": 0.5, **({"reader": True} if reader else {})}
+            if pooling in ("neighbours", "latent") else None)
     model = SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
                         pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim),
                         neighbours=bank)
@@ -30,8 +35,15 @@ def small_model(pooling="meanmax", dim=8, cap=6):
         plan = layout((2, 6, 8))
         r = rng.dirichlet(np.ones(plan.sources), size=10)
         pi = r.mean(axis=0)
-        model.get_layer("neighbours").set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi,
-                                               plan.allowed * rng.dirichlet(np.ones(4))[plan.kind] / pi)
+        emission = plan.allowed * rng.dirichlet(np.ones(4))[plan.kind] / pi
+        layer = model.get_layer("neighbours")
+        if reader:  # and a random correction, so that the reader shows
+            layer.set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi, spread=rng.uniform(0.5, 2, 4))
+            model.get_layer("reader").emission.assign(layer.padded(emission))
+            model.get_layer("reader").kernel.assign(rng.normal(size=(4, 32)))
+            model.get_layer("reader").bias.assign(rng.normal(size=32))
+        else:
+            layer.set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi, emission)
         model.get_layer("posterior").bias.assign(rng.normal(size=96))
     elif bank:  # ten bank images with random labels, and non-zero heads so that evidence shows
         labels = np.concatenate([np.eye(k)[rng.integers(k, size=10)] for k in (2, 6, 8)], axis=1)
@@ -61,7 +73,7 @@ def test_invariant_to_order_and_to_empty_slots(pooling):
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent", "latent-bank"])
 def test_empty_set_and_one_image_give_probabilities(pooling):
     model = small_model(pooling)
     one = pack_set(np.ones((1, 8), np.float32), 6)
@@ -79,7 +91,7 @@ def test_pack_set_marks_real_rows_and_chooses_rows():
     assert pack_set(vectors, 2)[:, -1].tolist() == [1, 1]
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent", "latent-bank"])
 def test_save_load_identical(tmp_path, pooling):
     import profiler
     from profiler.models import model_info, save_model
@@ -258,8 +270,13 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
     if pooling == "neighbours":
         assert mapped.vectors.shape == (len(embedded.vectors), 16)
         assert (mapped.vectors >= 0).all()  # evidence: nothing below "says nothing"
-    else:  # a log-likelihood per label combination, finite
-        assert mapped.vectors.shape == (len(embedded.vectors), 96) and np.isfinite(mapped.vectors).all()
+    else:  # the sources' log-probabilities (17, padded to 32) and the image on the bank's 8 axes, finite
+        assert mapped.vectors.shape == (len(embedded.vectors), 32 + 8) and np.isfinite(mapped.vectors).all()
+        q = np.exp(mapped.vectors[:, :32])
+        np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
+        assert (q[:, 17:] < 1e-20).all()  # the padding columns: no source
+        # unit spread on the main axes (the tiny encoder's embeddings of plain colours have rank 3 or 4)
+        np.testing.assert_allclose(mapped.vectors[:, 32:35].std(axis=0), 1.0, rtol=0.3)
     raw = np.stack([pack_set(embedded.user_images(i), 4) for i in range(len(embedded))])
     evidence = np.stack([pack_set(mapped.user_images(i), 4) for i in range(len(mapped))])
     full, fitted = model(raw, training=False), head(evidence, training=False)
@@ -282,7 +299,7 @@ def test_a_user_id_the_submission_format_cannot_carry_is_refused(trained, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.txt"]  # no temporary file left
 
 
-@pytest.mark.parametrize("pooling", ["neighbours", "latent"])
+@pytest.mark.parametrize("pooling", ["neighbours", "latent", "latent-bank"])
 def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path, pooling):
     """A crafted config (a bank of 10^9 images) fails to load with a message, allocating nothing."""
     import json as json_
@@ -333,3 +350,38 @@ def test_latent_evidence_and_posterior_by_hand():
     (p,) = posterior([loglike, mask])
     logits = np.log([0.3, 0.7]) + np.array([0.5, -0.5])
     np.testing.assert_allclose(np.asarray(p)[0], np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
+
+
+def test_source_reader_by_hand():
+    """One trait of two classes, sources (noise, class 0, class 1) padded to 4 columns. With a zero
+    kernel the reader gives the bank's reading exactly; with one it corrects the sources' log-odds
+    by x W + b, and a padded column stays impossible whatever the kernel says."""
+    from profiler.models.set_head import LatentEvidence, SourceReader
+
+    bank_layer = LatentEvidence(size=3, dim=2, dims=2, classes=(2,), k=2, temperature=1.0, reader=True)
+    plain = LatentEvidence(size=3, dim=2, dims=2, classes=(2,), k=2, temperature=1.0)
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    r = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    pi = np.array([0.6, 0.2, 0.2])
+    emission = np.array([[0.8, 0.2, 0.0], [0.8, 0.0, 0.2]]) / pi
+    for layer in (bank_layer, plain):
+        layer.build((None, None, 2))
+    bank_layer.set_bank(np.eye(2), bank, r, pi, spread=np.array([2.0, 0.5]))
+    plain.set_bank(np.eye(2), bank, r, pi, emission)
+    assert bank_layer.width == 16 and bank_layer.out_width == 18
+    x = np.array([[[2.0, 0.0], [0.0, 3.0]]], np.float32)
+    read = np.asarray(bank_layer(x))[0]
+    np.testing.assert_allclose(read[:, 16:], [[1.0, 0.0], [0.0, 6.0]], rtol=1e-6)  # x / spread
+
+    reader = SourceReader(sources=3, width=16, dims=2, combos=2)
+    reader.build((None, None, 18))
+    reader.emission.assign(bank_layer.padded(emission))
+    np.testing.assert_allclose(np.asarray(reader(read[None]))[0], np.asarray(plain(x))[0], rtol=1e-5)
+
+    kernel = np.zeros((2, 16), np.float32)
+    kernel[0, 1], kernel[1, 2], kernel[1, 5] = 0.5, -0.25, 100.0  # column 5 is padding
+    reader.kernel.assign(kernel)
+    reader.bias.assign(np.eye(16, dtype=np.float32)[0] * 0.1)
+    logits = read[:, :3] + read[:, 16:] @ kernel[:, :3] + np.array([0.1, 0.0, 0.0])
+    q = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(reader(read[None]))[0], np.log(q @ emission.T), rtol=1e-5)

@@ -157,6 +157,12 @@ def test_config_file_and_validation(tmp_path):
         resolve("default", overrides={"epochs": 0})
     with pytest.raises(ConfigError, match=r"filters needs 7 counts for model2 \(one per convolution\), not \[4, 4\]"):
         resolve("default", overrides={"model": "model2", "filters": "[4,4]"})
+    # the latent head's source reader: a number, or null (null, none or off from the command line)
+    assert resolve("default").latent_reader_l2 == 1e-3
+    assert resolve("default", overrides={"latent_reader_l2": "null"}).latent_reader_l2 is None
+    assert resolve("default", overrides={"latent_reader_l2": "0.01"}).latent_reader_l2 == 0.01
+    with pytest.raises(ConfigError, match="latent_reader_l2 must be null or a number from 0 to 1e6, not -1.0"):
+        resolve("default", overrides={"latent_reader_l2": "-1"})
 
 
 def test_training_needs_truth(tmp_path):

@@ -116,7 +116,9 @@ class SetFamily(Family):
                           "k": config.neighbours, "temperature": config.neighbour_temperature}
         elif config.set_pooling == "latent":
             neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
-                          "k": config.latent_neighbours, "temperature": config.latent_temperature}
+                          "k": config.latent_neighbours, "temperature": config.latent_temperature,
+                          "reader": config.latent_reader_l2 is not None,
+                          "reader_l2": config.latent_reader_l2 or 0.0}
         model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
                             dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
                             mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours)
@@ -203,7 +205,8 @@ def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -
 def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int,
                  balanced: bool) -> None:
     """The "latent" pooling's bank: the training images (as ``fill_bank``) with their sources
-    learnt by EM from their users' labels (``profiler.models.latent.fit_sources``), and the
+    learnt by EM from their users' labels (``profiler.models.latent.fit_sources``), the
+    emission (in the bank, or in the learnt source reader where the model has one), and the
     posterior's starting bias: none where training weighs the classes equally (``balanced``:
     the model's outputs are then balanced, as prediction's prior shift expects), else the
     combinations' log prior (the product of the traits' smoothed class shares)."""
@@ -217,7 +220,12 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
     sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes), k=layer.k,
                           temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
-    layer.set_bank(projection, standard, sources.responsibilities, sources.pi, sources.emission)
+    if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
+        spread = np.maximum((standard @ projection).std(axis=0), 1e-6)
+        layer.set_bank(projection, standard, sources.responsibilities, sources.pi, spread=spread)
+        model.get_layer("reader").emission.assign(layer.padded(sources.emission))
+    else:
+        layer.set_bank(projection, standard, sources.responsibilities, sources.pi, sources.emission)
     if balanced:
         return  # the bias starts at zero
     priors = _class_priors(data, positions)

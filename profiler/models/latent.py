@@ -16,8 +16,10 @@ user's labels allow are re-estimated from the responsibilities of its nearest tr
 images (itself and exact duplicates left out) and ``theta``. Images of one item sit
 together in the encoder's space and are posted by users who share the item's labels,
 so their responsibilities sharpen towards the item's source, while a noise item's
-neighbours belong to users of every class and stay noise. Numpy only; the Keras layer
-that reads the result is ``profiler.models.set_head.LatentEvidence``.
+neighbours belong to users of every class and stay noise. Numpy only; the Keras layers
+that read the result are ``profiler.models.set_head.LatentEvidence`` (the neighbours'
+reading of a new image's source) and ``SourceReader`` (a correction of that reading
+learnt from the users' labels, and the emission).
 """
 from __future__ import annotations
 

@@ -185,10 +185,15 @@ class NeighbourEvidence(keras.layers.Layer):
                               (self.bank_labels, bank_labels), (self.prior, prior)):
             weight.assign(np.asarray(value, np.float32))
 
-    def votes(self, x, training=False):
+    def project(self, x):
+        """(images, dims): ``x`` (n, cap, dim) standardised, on the bank's principal axes."""
+        return ops.matmul(ops.reshape(x, (-1, self.dim)), self.projection)
+
+    def votes(self, x, training=False, projected=None):
         """(images, width) weighted votes of each image's ``k`` nearest bank images, and
-        (images, 1) the sum of their weights; ``x`` is (n, cap, dim) standardised."""
-        z = ops.matmul(ops.reshape(x, (-1, self.dim)), self.projection)
+        (images, 1) the sum of their weights; ``x`` is (n, cap, dim) standardised
+        (``projected``: ``project(x)``, where the caller has it already)."""
+        z = self.project(x) if projected is None else projected
         z = z / ops.maximum(ops.norm(z, axis=-1, keepdims=True), 1e-12)
         similarity = ops.matmul(z, ops.transpose(self.bank))  # (images, size)
         if training:
@@ -225,11 +230,16 @@ class LatentEvidence(NeighbourEvidence):
     ``emission`` (combinations x sources) turns it into the image's likelihood under each
     combination, and the output is its log: about 0 for every combination when the image
     looks like noise, so a noise image adds nothing.
+
+    With ``reader``, the layer stops before the emission and outputs, per image,
+    ``log q(z | image)`` (``width`` columns) followed by the image on the bank's principal
+    axes divided by their spread over the training images (``dims`` columns): the input of
+    ``SourceReader``, which learns to correct the neighbours' reading and holds the emission.
     """
 
-    def __init__(self, *args, alpha: float = 1.0, **kwargs):
+    def __init__(self, *args, alpha: float = 1.0, reader: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.alpha = float(alpha)
+        self.alpha, self.reader = float(alpha), bool(reader)
         if not (0 < self.alpha <= 1e6 and self.combos <= 1 << 16 and self.combos * self.width <= MAX_BANK_VALUES):
             raise ValueError(f"latent sources of {self.classes} classes (alpha {self.alpha}) are out of range")
 
@@ -251,35 +261,102 @@ class LatentEvidence(NeighbourEvidence):
     def combos(self) -> int:
         return int(np.prod(self.classes))
 
+    @property
+    def out_width(self) -> int:
+        """Columns of each image's output: the combinations, or with ``reader`` the sources'
+        log-probabilities and the projected image."""
+        return self.width + self.dims if self.reader else self.combos
+
     def build(self, shape):
         super().build(shape)
-        self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros", trainable=False,
-                                        name="emission")
+        if self.reader:
+            self.spread = self.add_weight(shape=(self.dims,), initializer="ones", trainable=False, name="spread")
+        else:
+            self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros",
+                                            trainable=False, name="emission")
 
-    def set_bank(self, projection, bank, bank_labels, prior, emission) -> None:
+    def padded(self, a) -> np.ndarray:
+        """``a`` (..., sources) with empty columns up to ``width``."""
+        a = np.asarray(a, np.float32)
+        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, self.width - self.sources)])
+
+    def set_bank(self, projection, bank, bank_labels, prior, emission=None, spread=None) -> None:
         """Fill the bank: ``bank_labels`` (size, sources) the responsibilities, ``prior`` the
-        sources' frequency, ``emission`` (combinations, sources); padded here to ``width``."""
-        pad = self.width - self.sources
-
-        def padded(a):
-            a = np.asarray(a, np.float32)
-            return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
-
-        super().set_bank(projection, bank, padded(bank_labels), padded(prior))
-        self.emission.assign(padded(emission))
+        sources' frequency, ``emission`` (combinations, sources; without ``reader``) or
+        ``spread`` (dims: the training images' standard deviation on each principal axis;
+        with ``reader``); padded here to ``width``."""
+        super().set_bank(projection, bank, self.padded(bank_labels), self.padded(prior))
+        if self.reader:
+            self.spread.assign(np.asarray(spread, np.float32))
+        else:
+            self.emission.assign(self.padded(emission))
 
     def call(self, x, training=False):
         shape = ops.shape(x)
-        votes, total = self.votes(x, training)
+        z = self.project(x)
+        votes, total = self.votes(x, training, projected=z)
         q = (votes + self.alpha * self.prior) / (total + self.alpha)
-        likelihood = ops.matmul(q, ops.transpose(self.emission))  # (images, combos)
-        return ops.reshape(ops.log(ops.maximum(likelihood, 1e-30)), (shape[0], shape[1], self.combos))
+        if self.reader:
+            out = ops.concatenate([ops.log(ops.maximum(q, 1e-30)), z / self.spread], axis=-1)
+        else:
+            likelihood = ops.matmul(q, ops.transpose(self.emission))  # (images, combos)
+            out = ops.log(ops.maximum(likelihood, 1e-30))
+        return ops.reshape(out, (shape[0], shape[1], self.out_width))
+
+    def compute_output_shape(self, shape):
+        return tuple(shape[:-1]) + (self.out_width,)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "reader": self.reader}
+
+
+@keras.saving.register_keras_serializable(package="profiler")
+class SourceReader(keras.layers.Layer):
+    """Each image's log-likelihood of every label combination, with a learnt correction of
+    the neighbours' reading of its source.
+
+    Input per image (``LatentEvidence`` with ``reader``): ``log q(z | image)`` from the
+    neighbours (``width`` columns, the first ``sources`` of them real) and the image's
+    ``dims`` standardised principal coordinates ``x``. The source's probabilities become
+    ``softmax(log q + x W + b)``; ``W`` and ``b`` start at zero, so training starts from
+    the neighbours' reading, and learn through the users' labels only (an L2 penalty
+    ``l2`` on ``W``). Neighbours find an item by its look, but two items that differ in a
+    detail (a woman's and a man's version of one emoji) sit together and their votes
+    mix; a direction in ``x`` can tell them apart. ``emission`` (combinations x width)
+    then gives the likelihoods, and the output is their log, as ``LatentEvidence``'s.
+    """
+
+    def __init__(self, sources: int, width: int, dims: int, combos: int, l2: float = 1e-3, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.sources, self.width, self.dims, self.combos = int(sources), int(width), int(dims), int(combos)
+        self.l2 = float(l2)
+        if not (1 <= self.sources <= self.width <= 1 << 12 and 1 <= self.dims <= 1 << 16
+                and 1 <= self.combos <= 1 << 16 and (self.combos + self.dims) * self.width <= MAX_BANK_VALUES
+                and 0 <= self.l2 <= 1e6):
+            raise ValueError(f"source reader of {self.sources} sources, {self.dims} dims, {self.combos} "
+                             f"combinations (l2 {self.l2}) is out of range")
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(self.dims, self.width), initializer="zeros", name="kernel",
+                                      regularizer=keras.regularizers.L2(self.l2) if self.l2 else None)
+        self.bias = self.add_weight(shape=(self.width,), initializer="zeros", name="bias")
+        self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros", trainable=False,
+                                        name="emission")
+        # padded columns stay impossible whatever the kernel learns
+        self.closed = np.where(np.arange(self.width) < self.sources, 0.0, -1e9).astype(np.float32)
+
+    def call(self, x):
+        logits = x[..., :self.width] + ops.matmul(x[..., self.width:], self.kernel) + self.bias + self.closed
+        likelihood = ops.matmul(ops.softmax(logits, axis=-1), ops.transpose(self.emission))
+        return ops.log(ops.maximum(likelihood, 1e-30))
 
     def compute_output_shape(self, shape):
         return tuple(shape[:-1]) + (self.combos,)
 
     def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha}
+        return {**super().get_config(), "sources": self.sources, "width": self.width, "dims": self.dims,
+                "combos": self.combos, "l2": self.l2}
 
 
 @keras.saving.register_keras_serializable(package="profiler")
@@ -346,8 +423,13 @@ class SetProfiler(keras.Model):
         x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
         classes = tuple(len(labels[t]) for t in TRAITS)
         if pooling in BANK_POOLINGS:  # fixed evidence from the training bank; only the heads learn
+            settings = dict(neighbours or {})
+            l2 = settings.pop("reader_l2", 1e-3)
             bank = LatentEvidence if pooling == "latent" else NeighbourEvidence
-            x = bank(dim=dim, classes=classes, name="neighbours", **dict(neighbours or {}))(x)
+            layer = bank(dim=dim, classes=classes, name="neighbours", **settings)
+            x = layer(x)
+            if pooling == "latent" and layer.reader:
+                x = SourceReader(layer.sources, layer.width, layer.dims, layer.combos, l2=l2, name="reader")(x)
         else:
             for i, units in enumerate(hidden, 1):
                 x = keras.layers.Dense(units, activation="relu", name=f"image{i}")(x)
@@ -386,7 +468,9 @@ class SetProfiler(keras.Model):
         self.ood = ood  # recorded after training; see profiler.ood
         self.neighbours = (None if pooling not in BANK_POOLINGS else
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
-                            if k in ("size", "dims", "k", "temperature", "alpha")})
+                            if k in ("size", "dims", "k", "temperature", "alpha", "reader")})
+        if self.neighbours and self.neighbours.get("reader"):
+            self.neighbours["reader_l2"] = self.get_layer("reader").l2
 
     def fixed_stage(self):
         """``(stage, head)`` where the model starts with a stage that training never changes.
@@ -406,9 +490,11 @@ class SetProfiler(keras.Model):
                    for i in range(0, len(rows), chunk)]
             return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
-        width = neighbours.combos if self.pooling == "latent" else sum(neighbours.classes)
+        width = neighbours.out_width if self.pooling == "latent" else sum(neighbours.classes)
         inputs = keras.Input((self.cap, width + 1), dtype="float32", name="evidence_set")
         x, mask = SplitMask(name="split_evidence")(inputs)
+        if self.pooling == "latent" and neighbours.reader:
+            x = self.get_layer("reader")(x)
         if self.pooling == "latent":
             outputs = dict(zip(TRAITS, self.get_layer("posterior")([x, mask])))
         else:
