@@ -214,14 +214,14 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
 
     layer = model.get_layer("neighbours")
     standard, projection = _bank_rows(model, rows, seed)
-    unit = standard @ projection
-    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    projected = standard @ projection
+    unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
     owner = np.repeat(positions, data.counts[positions])
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
     sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes), k=layer.k,
                           temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
     if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
-        spread = np.maximum((standard @ projection).std(axis=0), 1e-6)
+        spread = np.maximum(projected.std(axis=0), 1e-6)
         layer.set_bank(projection, standard, sources.responsibilities, sources.pi, spread=spread)
         model.get_layer("reader").emission.assign(layer.padded(sources.emission))
     else:

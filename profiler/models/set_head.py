@@ -424,12 +424,12 @@ class SetProfiler(keras.Model):
         classes = tuple(len(labels[t]) for t in TRAITS)
         if pooling in BANK_POOLINGS:  # fixed evidence from the training bank; only the heads learn
             settings = dict(neighbours or {})
-            l2 = settings.pop("reader_l2", 1e-3)
+            reader = {"l2": settings.pop("reader_l2")} if "reader_l2" in settings else {}
             bank = LatentEvidence if pooling == "latent" else NeighbourEvidence
             layer = bank(dim=dim, classes=classes, name="neighbours", **settings)
             x = layer(x)
             if pooling == "latent" and layer.reader:
-                x = SourceReader(layer.sources, layer.width, layer.dims, layer.combos, l2=l2, name="reader")(x)
+                x = SourceReader(layer.sources, layer.width, layer.dims, layer.combos, name="reader", **reader)(x)
         else:
             for i, units in enumerate(hidden, 1):
                 x = keras.layers.Dense(units, activation="relu", name=f"image{i}")(x)
