@@ -33,7 +33,7 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> dict:
+def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, encoder_name: str | None = None) -> dict:
     from data_prep.dataset import load_dataset
     from core.labels import TRAITS
     from data_prep.sample.oracle import oracle_submission
@@ -46,7 +46,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path) -> d
     from profiler.prediction import flatten, iter_predictions, Predictor
     from profiler.training import train
 
-    base = resolve("default", overrides={"model": "set"})
+    base = resolve("default", overrides={"model": "set", **({"encoder": encoder_name} if encoder_name else {})})
     encoder = get_encoder(base.encoder)
     t = time.perf_counter()
     datasets = {split: load_dataset(data / split) for split in ("train", "test")}
@@ -97,12 +97,16 @@ def merged(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` runs with ``new`` ones laid over them: per dataset, the new run's rows replace
     rows of the same name and are added after the rest; the new timings join the old;
     datasets only in one of them are kept as they are, in ``old``'s order then ``new``'s.
+    A dataset embedded by another encoder is another run: its rows are never mixed.
     Rows kept from ``old`` are listed with the machine they were measured on (``kept``)."""
-    fresh = {run["data"]: run for run in new}
+    def key(run: dict) -> tuple[str, str]:
+        return run["data"], run["encoder"].split(":", 1)[0]
+
+    fresh = {key(run): run for run in new}
     out = []
     for run in old:
-        if run["data"] in fresh:
-            update = fresh.pop(run["data"])
+        if key(run) in fresh:
+            update = fresh.pop(key(run))
             scores = {**run["scores"], **update["scores"]}
             order = [n for n in run["scores"]] + [n for n in update["scores"] if n not in run["scores"]]
             where = run.get("machine", "an earlier run's machine")
@@ -134,7 +138,7 @@ def render(runs: list[dict]) -> str:
                 row[f"{t} % ceiling / % probe"] = (f"{100 * r['F'] / ceiling[t]['F']:.0f} / "
                                                    f"{100 * r['F'] / probe[t]['F']:.0f}")
             rows.append(row)
-        parts += [f"## {run['data']}: seed {run['seed']}, signal {run['signal']}, "
+        parts += [f"## {run['data']} ({run['encoder'].split(':', 1)[0]}): seed {run['seed']}, signal {run['signal']}, "
                   f"{run['users']['train']} train / {run['users']['test']} test users "
                   f"({run['images']['train']} / {run['images']['test']} images)", "",
                   f"Encoder {run['encoder']}. Majority-class accuracy: "
@@ -154,6 +158,8 @@ def main() -> None:
     parser.add_argument("data", nargs="+", type=Path, help="sample dataset folders")
     parser.add_argument("--poolings", default="mean,evidence,neighbours,latent:latent_reader_l2=null,latent",
                         help="comma-separated poolings, each with optional :KEY=VALUE settings")
+    parser.add_argument("--encoder", default=None,
+                        help="the set model's encoder (default: the default preset's); also the probe's")
     parser.add_argument("--embeddings", type=Path, default=Path("runs/bench/embeddings.sqlite"))
     parser.add_argument("--out", type=Path, default=Path("results/science.md"))
     parser.add_argument("--update", action="store_true",
@@ -166,7 +172,7 @@ def main() -> None:
     for data in args.data:
         _log(f"{data}:")
         with tempfile.TemporaryDirectory() as work:
-            runs.append(evaluate(data, args.poolings.split(","), args.embeddings, Path(work)))
+            runs.append(evaluate(data, args.poolings.split(","), args.embeddings, Path(work), args.encoder))
     if args.update and args.out.with_suffix(".json").is_file():
         runs = merged(json.loads(args.out.with_suffix(".json").read_text()), runs)
     text = render(runs)

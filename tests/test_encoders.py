@@ -29,18 +29,36 @@ def test_state_dict_reads_without_pytorch():
     assert weights["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
 
 
-def test_efficientnet_weights_recognise_an_imagenet_class():
-    """The Twemoji soccer ball is ImageNet class 805 ('soccer ball'): the weights are in the right places."""
+def test_lite2_stages_as_tensorflow_scales_them():
+    """Lite2: widths x1.1 rounded to multiples of 8, depths x1.2 rounded up, first and last stages kept."""
+    from profiler.encoders.efficientnet_lite import STAGES, round_filters, stages
+
+    assert stages(0) == list(STAGES)
+    assert [s[0] for s in stages(2)] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s[4] for s in stages(2)] == [16, 24, 48, 88, 120, 208, 352]
+    assert round_filters(112, 1.1) == 120 and round_filters(192, 1.1) == 208  # 123.2 -> 120, 211.2 -> 208
+    assert round_filters(10, 0.5) == 8 and round_filters(20, 1.0) == 24  # never under 8; 16 < 0.9 * 20
+
+
+@pytest.mark.parametrize("variant", [0, 2])
+def test_efficientnet_weights_recognise_an_imagenet_class(variant):
+    """The Twemoji soccer ball is ImageNet class 805 ('soccer ball'): the weights are in the right places,
+    and every tensor of the state dict is used."""
     from data_prep.images import open_rgb
     from data_prep.sample.catalog import asset_dir
-    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder, build_efficientnet_lite0
+    from profiler.encoders.efficientnet_lite import (EfficientNetLite0Encoder, EfficientNetLite2Encoder,
+                                                     build_efficientnet_lite)
     from profiler.encoders.torch_pickle import load_state_dict
 
-    encoder = EfficientNetLite0Encoder()
-    network = build_efficientnet_lite0(load_state_dict(encoder.weights_path), classifier=True)
+    encoder = {0: EfficientNetLite0Encoder, 2: EfficientNetLite2Encoder}[variant]()
+    weights = load_state_dict(encoder.weights_path)
+    network = build_efficientnet_lite(weights, variant=variant, classifier=True)
     x = encoder.preprocess(open_rgb(asset_dir() / "26bd.png"))[None]
+    assert x.shape == (1, *{0: (224, 224), 2: (260, 260)}[variant], 3)
     _, logits = network.predict_on_batch(x)
     assert int(np.argmax(logits)) == 805
+    tracked = sum(int(np.prod(v.shape)) for k, v in weights.items() if not k.endswith("num_batches_tracked"))
+    assert network.count_params() == tracked
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "open_nsfw"])

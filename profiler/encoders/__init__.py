@@ -24,24 +24,32 @@ def _efficientnet_lite0() -> Encoder:
     return EfficientNetLite0Encoder()
 
 
+def _efficientnet_lite2() -> Encoder:
+    from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
+
+    return EfficientNetLite2Encoder()
+
+
 def _open_nsfw() -> Encoder:
     from profiler.encoders.open_nsfw import OpenNsfwEncoder
 
     return OpenNsfwEncoder()
 
 
-def _litert(mode: str) -> Callable[[], Encoder]:
+def _litert(base: Callable[[], Encoder], mode: str) -> Callable[[], Encoder]:
     def make() -> Encoder:
         from profiler.encoders.litert import LiteRTEncoder
 
-        return LiteRTEncoder(_efficientnet_lite0(), mode)
+        return LiteRTEncoder(base(), mode)
 
     return make
 
 
 ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientnet_lite0,
-                                              "efficientnet_lite0_int8": _litert("int8"),
-                                              "efficientnet_lite0_float32": _litert("float32"),
+                                              "efficientnet_lite0_int8": _litert(_efficientnet_lite0, "int8"),
+                                              "efficientnet_lite0_float32": _litert(_efficientnet_lite0, "float32"),
+                                              "efficientnet_lite2": _efficientnet_lite2,
+                                              "efficientnet_lite2_int8": _litert(_efficientnet_lite2, "int8"),
                                               "open_nsfw": _open_nsfw}
 DEFAULT_ENCODER = "efficientnet_lite0_int8"
 
