@@ -94,3 +94,11 @@ def test_preprocessing_as_the_weights_expect():
 def test_unknown_encoder():
     with pytest.raises(ConfigError, match="unknown encoder 'open_nsf'.*did you mean 'open_nsfw'"):
         get_encoder("open_nsf")
+
+
+def test_one_default_encoder():
+    """The set model's default encoder and ``profiler embed``'s are the same."""
+    from profiler.config import TrainConfig
+    from profiler.encoders import DEFAULT_ENCODER, ENCODERS
+
+    assert TrainConfig().encoder == DEFAULT_ENCODER == "efficientnet_lite2_int8" and DEFAULT_ENCODER in ENCODERS

@@ -95,5 +95,7 @@ def test_the_modes_are_registered_encoders():
 
     encoder = get_encoder("efficientnet_lite0_int8")
     assert isinstance(encoder, LiteRTEncoder) and encoder.mode == "int8" and encoder.dim == 2560
+    lite2 = get_encoder("efficientnet_lite2_int8")
+    assert lite2.base.variant == 2 and lite2.draft == 260 and lite2.identity.startswith("efficientnet_lite2_int8:")
     with pytest.raises(ValueError, match="mode must be one of"):
         LiteRTEncoder(encoder.base, "int4")

@@ -2,9 +2,11 @@
 
 ``get_encoder(name)`` gives a ready encoder; ``ENCODERS`` lists them by name, and
 ``register_encoder`` adds one (a name and a zero-argument factory). The default is
-EfficientNet-Lite0 (chosen over open_nsfw by ``bench/encoders.py``) run by LiteRT in
-int8 (``litert.py``): much faster than the Keras float network with the set model's
-macro-F within its bootstrap interval (``bench/litert.py``; figures in the README).
+EfficientNet-Lite2 run by LiteRT in int8 (``litert.py``): EfficientNet-Lite (chosen over
+open_nsfw by ``bench/encoders.py``) in int8 is much faster than the Keras float network
+with the set model's macro-F within its bootstrap interval (``bench/litert.py``), and
+Lite2 over Lite0 raised the default head's gender F by 0.03-0.04 at the paper's size for
+about 1.5x the embedding time (``bench/science.py --encoder``; figures in the README).
 
 Encoders of your own: ``register_encoder`` in a module named in the environment variable
 ``PROFILER_PLUGINS`` (comma-separated module names), which this package imports on its
@@ -50,8 +52,9 @@ ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientne
                                               "efficientnet_lite0_float32": _litert(_efficientnet_lite0, "float32"),
                                               "efficientnet_lite2": _efficientnet_lite2,
                                               "efficientnet_lite2_int8": _litert(_efficientnet_lite2, "int8"),
+                                              "efficientnet_lite2_float32": _litert(_efficientnet_lite2, "float32"),
                                               "open_nsfw": _open_nsfw}
-DEFAULT_ENCODER = "efficientnet_lite0_int8"
+DEFAULT_ENCODER = "efficientnet_lite2_int8"
 
 
 def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
