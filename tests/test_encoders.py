@@ -1,10 +1,13 @@
 """The real pretrained encoders: weights load offline, preprocessing, batch invariance."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from core.errors import ConfigError
 from profiler.encoders import get_encoder
+from profiler.encoders.base import Encoder
 from tests.helpers import COLORS
 
 
@@ -102,3 +105,35 @@ def test_one_default_encoder():
     from profiler.encoders import DEFAULT_ENCODER, ENCODERS
 
     assert TrainConfig().encoder == DEFAULT_ENCODER == "efficientnet_lite2_int8" and DEFAULT_ENCODER in ENCODERS
+
+
+def test_multicrop_views_and_embedding():
+    """Six views (whole, four corners, centre at 2/3 of each side), embedded by the base and averaged;
+    the identity names the views; batching does not change an image's embedding."""
+    from profiler.encoders.multicrop import MultiCropEncoder, views
+
+    image = Image.fromarray(np.arange(90 * 60 * 3, dtype=np.uint8).reshape(60, 90, 3))
+    got = views(image)
+    assert [v.size for v in got] == [(90, 60)] + [(60, 40)] * 5
+    assert np.array_equal(np.asarray(got[4]), np.asarray(image)[20:60, 30:90])  # bottom right
+    assert np.array_equal(np.asarray(got[5]), np.asarray(image)[10:50, 15:75])  # centre
+
+    class Mean(Encoder):  # a stand-in base: each view's mean colour
+        name, features, dim, chunk = "meanrgb", "avg", 3, 4
+        weights_path = property(lambda self: Path(__file__))
+
+        def preprocess(self, im):
+            return np.asarray(im.resize((8, 8)), np.float32)
+
+        def _run(self, batch):
+            return batch.mean(axis=(1, 2))
+
+    encoder = MultiCropEncoder(Mean())
+    x = np.stack([encoder.preprocess(im) for im in images(3)])
+    assert x.shape == (3, 6, 8, 8, 3)
+    out = encoder.embed(x)
+    expected = np.stack([np.mean([Mean().preprocess(v).mean(axis=(0, 1)) for v in views(im)], axis=0)
+                         for im in images(3)])
+    assert out.shape == (3, 3) and np.allclose(out, expected, atol=1e-5)
+    assert np.array_equal(out, np.concatenate([encoder.embed(x[i:i + 1]) for i in range(3)]))
+    assert encoder.identity.startswith("meanrgb_crops:avg+mean6@") and encoder.embed(x[:0]).shape == (0, 3)

@@ -47,12 +47,22 @@ def _litert(base: Callable[[], Encoder], mode: str) -> Callable[[], Encoder]:
     return make
 
 
+def _crops(base: Callable[[], Encoder]) -> Callable[[], Encoder]:
+    def make() -> Encoder:
+        from profiler.encoders.multicrop import MultiCropEncoder
+
+        return MultiCropEncoder(base())
+
+    return make
+
+
 ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientnet_lite0,
                                               "efficientnet_lite0_int8": _litert(_efficientnet_lite0, "int8"),
                                               "efficientnet_lite0_float32": _litert(_efficientnet_lite0, "float32"),
                                               "efficientnet_lite2": _efficientnet_lite2,
                                               "efficientnet_lite2_int8": _litert(_efficientnet_lite2, "int8"),
                                               "efficientnet_lite2_float32": _litert(_efficientnet_lite2, "float32"),
+                                              "efficientnet_lite2_int8_crops": _crops(_litert(_efficientnet_lite2, "int8")),
                                               "open_nsfw": _open_nsfw}
 DEFAULT_ENCODER = "efficientnet_lite2_int8"
 
