@@ -22,6 +22,8 @@ from PIL import Image
 
 from profiler.encoders.base import Encoder
 
+#: the views' geometry; the identity names the number of views only, so a change here must
+#: also change ``features`` (or cached embeddings of the old views would be reused)
 FRACTION = 2 / 3
 VIEWS = 6
 
