@@ -122,11 +122,6 @@ def build_efficientnet_lite(weights: dict[str, np.ndarray] | None = None, *, var
     return model
 
 
-def build_efficientnet_lite0(weights: dict[str, np.ndarray] | None = None, **kwargs):
-    """EfficientNet-Lite0 (``build_efficientnet_lite`` with ``variant=0``)."""
-    return build_efficientnet_lite(weights, variant=0, **kwargs)
-
-
 class EfficientNetLite0Encoder(Encoder):
     name = "efficientnet_lite0"
     variant = 0
