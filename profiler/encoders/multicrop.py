@@ -55,7 +55,7 @@ class MultiCropEncoder(Encoder):
 
     @cached_property
     def identity(self) -> str:
-        base_name, rest = self.base.identity.split(":", 1)
+        rest = self.base.identity.split(":", 1)[1]
         return f"{self.name}:{rest.replace(self.base.features, self.features, 1)}"
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
