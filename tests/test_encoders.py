@@ -136,4 +136,39 @@ def test_multicrop_views_and_embedding():
                          for im in images(3)])
     assert out.shape == (3, 3) and np.allclose(out, expected, atol=1e-5)
     assert np.array_equal(out, np.concatenate([encoder.embed(x[i:i + 1]) for i in range(3)]))
-    assert encoder.identity.startswith("meanrgb_crops:avg+mean6@") and encoder.embed(x[:0]).shape == (0, 3)
+    assert encoder.identity.startswith("meanrgb_crops:avg+mean(full,top_left,top_right,bottom_left,bottom_right,"
+                                       "centre)x0.6667@") and encoder.embed(x[:0]).shape == (0, 3)
+    assert encoder.draft == 384  # 256 / (2/3): a crop decoded at the base's resolution
+
+
+def test_multicrop_centre_view_set():
+    """Two views (whole and centre): their mean, an identity apart from the six views', bad sets refused."""
+    from profiler.encoders.multicrop import MultiCropEncoder, views
+
+    image = Image.fromarray(np.arange(90 * 60 * 3, dtype=np.uint8).reshape(60, 90, 3))
+    got = views(image, ("centre",), 0.5)
+    assert [v.size for v in got] == [(90, 60), (45, 30)]
+    assert np.array_equal(np.asarray(got[1]), np.asarray(image)[15:45, 22:67])
+
+    class Sum(Encoder):  # a stand-in base: each view's pixel sum
+        name, features, dim, chunk = "sum", "s", 1, 2
+        weights_path = property(lambda self: Path(__file__))
+
+        def preprocess(self, im):
+            return np.asarray(im, np.float64).sum().reshape(1)
+
+        def _run(self, batch):
+            return batch
+
+    two = MultiCropEncoder(Sum(), ("centre",), 0.5, suffix="centre")
+    six = MultiCropEncoder(Sum())
+    x = two.preprocess(image)
+    assert x.shape == (2, 1)
+    whole, centre = float(np.asarray(image, np.float64).sum()), float(np.asarray(image, np.float64)[15:45, 22:67].sum())
+    assert np.isclose(two.embed(x[None])[0, 0], (whole + centre) / 2)
+    assert two.name == "sum_centre" and two.identity.startswith("sum_centre:s+mean(full,centre)x0.5000@")
+    assert len({two.identity, six.identity, Sum().identity}) == 3
+    with pytest.raises(ValueError, match="crops must be some of"):
+        MultiCropEncoder(Sum(), ("middle",))
+    with pytest.raises(ValueError, match="0 < fraction < 1"):
+        MultiCropEncoder(Sum(), ("centre",), 1.0)

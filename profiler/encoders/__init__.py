@@ -47,11 +47,11 @@ def _litert(base: Callable[[], Encoder], mode: str) -> Callable[[], Encoder]:
     return make
 
 
-def _crops(base: Callable[[], Encoder]) -> Callable[[], Encoder]:
+def _crops(base: Callable[[], Encoder], crops: tuple[str, ...] | None = None, suffix: str = "crops") -> Callable[[], Encoder]:
     def make() -> Encoder:
-        from profiler.encoders.multicrop import MultiCropEncoder
+        from profiler.encoders.multicrop import CORNERS_AND_CENTRE, MultiCropEncoder
 
-        return MultiCropEncoder(base())
+        return MultiCropEncoder(base(), crops or CORNERS_AND_CENTRE, suffix=suffix)
 
     return make
 
@@ -63,6 +63,8 @@ ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientne
                                               "efficientnet_lite2_int8": _litert(_efficientnet_lite2, "int8"),
                                               "efficientnet_lite2_float32": _litert(_efficientnet_lite2, "float32"),
                                               "efficientnet_lite2_int8_crops": _crops(_litert(_efficientnet_lite2, "int8")),
+                                              "efficientnet_lite2_int8_centre": _crops(_litert(_efficientnet_lite2, "int8"),
+                                                                                       ("centre",), "centre"),
                                               "open_nsfw": _open_nsfw}
 DEFAULT_ENCODER = "efficientnet_lite2_int8"
 
