@@ -22,7 +22,7 @@ LOCAL_BATCH_USERS = 256
               help="The Parquet output: a file (local engine) or a folder of parts (--engine spark); "
                    "written atomically.")
 @click.option("--encoder", default=None,
-              help="The encoder  [default: the set model's default, efficientnet_lite2_int8]")
+              help="The encoder  [default: the set model's default, efficientnet_lite2_int8_centre]")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, help="Users per batch.")
 @embeddings_option()
 @spark_options("Embed")

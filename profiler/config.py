@@ -55,7 +55,7 @@ class TrainConfig:
     batch_norm: bool = True
     pooling: str = "avg"
     # the set model (frozen encoder + head over the set of image embeddings)
-    encoder: str = "efficientnet_lite2_int8"  # LiteRT int8 (results/litert.md); Lite2 over Lite0: results/science.md
+    encoder: str = "efficientnet_lite2_int8_centre"  # LiteRT int8 (results/litert.md); Lite2, centre crop: results/science.md
     cap: int = DEFAULT_CAP  # most images per user the head sees (fewer are masked, never filled)
     hidden: list[int] = field(default_factory=lambda: [256])  # per-image layers before pooling
     set_pooling: str = "latent"  # chosen by measurement on the sample data (README, results/science.md)

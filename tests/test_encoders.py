@@ -100,11 +100,17 @@ def test_unknown_encoder():
 
 
 def test_one_default_encoder():
-    """The set model's default encoder and ``profiler embed``'s are the same."""
+    """The set model's default encoder and ``profiler embed``'s are the same: Lite2 in int8 on
+    the whole image and its centre crop of 2/3, decoded large enough for the crop."""
     from profiler.config import TrainConfig
     from profiler.encoders import DEFAULT_ENCODER, ENCODERS
+    from profiler.encoders.multicrop import MultiCropEncoder
 
-    assert TrainConfig().encoder == DEFAULT_ENCODER == "efficientnet_lite2_int8" and DEFAULT_ENCODER in ENCODERS
+    assert TrainConfig().encoder == DEFAULT_ENCODER == "efficientnet_lite2_int8_centre" and DEFAULT_ENCODER in ENCODERS
+    encoder = get_encoder()
+    assert isinstance(encoder, MultiCropEncoder) and encoder.crops == ("centre",) and encoder.views == 2
+    assert encoder.base.identity.startswith("efficientnet_lite2_int8:") and encoder.draft == 390
+    assert encoder.preprocess(images(1)[0]).shape == (2, 260, 260, 3)
 
 
 def test_multicrop_views_and_embedding():

@@ -2,11 +2,14 @@
 
 ``get_encoder(name)`` gives a ready encoder; ``ENCODERS`` lists them by name, and
 ``register_encoder`` adds one (a name and a zero-argument factory). The default is
-EfficientNet-Lite2 run by LiteRT in int8 (``litert.py``): EfficientNet-Lite (chosen over
-open_nsfw by ``bench/encoders.py``) in int8 is much faster than the Keras float network
-with the set model's macro-F within its bootstrap interval (``bench/litert.py``), and
-Lite2 over Lite0 raised the default head's gender F by 0.03-0.04 at the paper's size for
-about 1.5x the embedding time (``bench/science.py --encoder``; figures in the README).
+EfficientNet-Lite2 run by LiteRT in int8 (``litert.py``) on the whole image and its
+centre crop, averaged (``multicrop.py``): EfficientNet-Lite (chosen over open_nsfw by
+``bench/encoders.py``) in int8 is much faster than the Keras float network with the set
+model's macro-F within its bootstrap interval (``bench/litert.py``); Lite2 over Lite0
+raised the default head's gender F by 0.03-0.04 at the paper's size for about 1.5x the
+embedding time, and the centre crop beside the whole image raised every trait's by
+0.02-0.04 on both seeds at the paper's size for 2.3x Lite2's embedding time
+(``bench/science.py --encoder``; figures in the README).
 
 Encoders of your own: ``register_encoder`` in a module named in the environment variable
 ``PROFILER_PLUGINS`` (comma-separated module names), which this package imports on its
@@ -66,7 +69,7 @@ ENCODERS: dict[str, Callable[[], Encoder]] = {"efficientnet_lite0": _efficientne
                                               "efficientnet_lite2_int8_centre": _crops(_litert(_efficientnet_lite2, "int8"),
                                                                                        ("centre",), "centre"),
                                               "open_nsfw": _open_nsfw}
-DEFAULT_ENCODER = "efficientnet_lite2_int8"
+DEFAULT_ENCODER = "efficientnet_lite2_int8_centre"
 
 
 def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
