@@ -68,6 +68,10 @@ class TrainConfig:
     # L2 penalty of the "latent" pooling's learnt correction of the neighbours' reading
     # (set_head.SourceReader); null: no correction, the sources as the neighbours read them
     latent_reader_l2: float | None = 1e-3
+    # "latent" pooling: pairs of traits whose classes an image can show together (a person at
+    # work shows a gender and an occupation), each pair of classes a source of its own, as
+    # ["gender*occupation"]; none by default (it trades occupation for gender: README)
+    latent_pairs: list[str] = field(default_factory=list)
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -99,6 +103,9 @@ class TrainConfig:
             (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
                                                and 0 <= self.latent_reader_l2 <= 1e6),
              f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),
+            (_pairs_ok(self.latent_pairs),
+             f"latent_pairs must be a list of distinct pairs of traits written 'gender*occupation' "
+             f"(traits {', '.join(TRAITS)}), not {self.latent_pairs!r}"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),
@@ -122,6 +129,14 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _pairs_ok(pairs) -> bool:
+    if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
+        return False
+    split = [tuple(sorted(p.split("*"))) for p in pairs]
+    return (len(set(split)) == len(split)
+            and all(len(p) == 2 and p[0] != p[1] and set(p) <= set(TRAITS) for p in split))
 
 
 def _encoders() -> list[str]:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from profiler.models.latent import fit_sources, layout, nearest, read_sources, start_theta
+from profiler.models.latent import check_pairs, fit_sources, layout, nearest, read_sources, start_theta
 
 
 def test_layout_lists_noise_then_each_traits_classes():
@@ -13,6 +13,50 @@ def test_layout_lists_noise_then_each_traits_classes():
     assert plan.of_labels(np.array([[1, 2], [0, 0]])).tolist() == [[1, 0, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]]
     assert plan.allowed.sum(axis=1).tolist() == [3] * 6
     assert start_theta(plan) == pytest.approx([0.7 / 0.9, 0.1 / 0.9, 0.1 / 0.9])
+
+
+def test_layout_with_a_pair_of_traits_adds_each_pair_of_their_classes():
+    plan = layout((2, 3), pairs=[(1, 0)])
+    assert plan.pairs == ((0, 1),) and plan.sources == 1 + 5 + 6 and plan.kinds == 4
+    assert plan.kind.tolist() == [0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3]
+    # combination (1, 2) also posts pair (1, 2), the sixth pair (row-major over 2 x 3)
+    assert plan.allowed[5].tolist() == [1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+    assert plan.allowed[:, 6:].sum(axis=0).tolist() == [1] * 6  # each pair: one combination
+    assert start_theta(plan) == pytest.approx(np.array([0.7, 0.1, 0.1, 0.1]) / 1.0)
+    assert layout((2, 3), pairs=[]).sources == 6
+
+
+@pytest.mark.parametrize("pairs", [[(0, 0)], [(0, 1), (1, 0)], [(0, 3)], [(0,)], [5], None])
+def test_bad_pairs_are_refused(pairs):
+    with pytest.raises(ValueError, match="latent source pairs must be distinct pairs of two of 3 traits"):
+        check_pairs(pairs, 3)
+
+
+def test_em_puts_an_item_of_two_classes_at_once_in_their_pair():
+    """Two traits of two classes. A user's telling images show the item of its *combination* of
+    classes (four items, near the plane's diagonals), the rest a noise item. With the pair's
+    sources, EM takes the items' images for their pair; read back, one such image speaks for
+    both traits' classes."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(80), 5)
+    labels = np.stack([users % 2, (users // 2) % 2], axis=1)
+    telling = rng.random(len(users)) < 0.5
+    angle = np.pi / 4 + np.pi / 2 * (2 * labels[:, 0] + labels[:, 1])
+    item = np.stack([np.cos(angle), np.sin(angle), np.zeros(len(users))], axis=1)
+    rows = np.where(telling[:, None], item, [0.0, 0.0, 1.0]) + rng.normal(scale=0.05, size=(len(users), 3))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    plan = layout((2, 2), pairs=[(0, 1)])
+    sources = fit_sources(rows, labels, plan, k=10, temperature=0.1, rounds=4)
+    r = sources.responsibilities
+    pair = 5 + 2 * labels[:, 0] + labels[:, 1]  # each image's user's pair source
+    assert r.shape == (400, 9) and np.allclose(r.sum(axis=1), 1.0)
+    assert r[telling, pair[telling]].min() > 0.5 > 0.3 > r[~telling, pair[~telling]].max()
+    assert (r[~telling].argmax(axis=1) == 0).all() and sources.theta[3] > 0.3  # noise stays noise; the pairs' share
+    q = read_sources(*nearest(rows, rows, 10, 0.1, exclude_same=True), r, sources.pi, 1.0) / sources.pi
+    loglike = np.log(q @ sources.emission.T)  # (images, 4 combinations)
+    mine = 2 * labels[:, 0] + labels[:, 1]
+    best_other = np.max(np.where(np.eye(4, dtype=bool)[mine], -np.inf, loglike), axis=1)
+    assert (loglike[np.arange(400), mine] - best_other)[telling].min() > np.log(5)
 
 
 def test_nearest_leaves_out_the_image_itself_and_exact_duplicates():

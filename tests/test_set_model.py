@@ -12,7 +12,8 @@ from profiler.models.set_head import SetProfiler
 from tests.helpers import interrupt_after, make_dataset
 
 
-#: "latent-bank": the latent pooling without the learnt source reader (as models trained with
+#: "latent": with the learnt source reader (the default) and gender-occupation pair sources
+#: (latent_pairs ["gender*occupation"]); "latent-bank": with neither (as models trained with
 #: latent_reader_l2 null, and as the first latent models were saved)
 POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours", "latent", "latent-bank"]
 
@@ -24,7 +25,8 @@ def small_model(pooling="meanmax", dim=8, cap=6):
     rng = np.random.default_rng(1)
     reader = pooling == "latent"
     pooling = "latent" if pooling == "latent-bank" else pooling
-    bank = ({"size": 10, "dims": 4, "k": 3, "temperature": 0.5, **({"reader": True} if reader else {})}
+    pairs = {"reader": True, "pairs": [[0, 2]]} if reader else {}  # latent_pairs ["gender*occupation"]
+    bank = ({"size": 10, "dims": 4, "k": 3, "temperature": 0.5, **pairs}
             if pooling in ("neighbours", "latent") else None)
     model = SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
                         pooling=pooling, mean=rng.normal(size=dim), variance=rng.uniform(0.5, 2, dim),
@@ -32,16 +34,18 @@ def small_model(pooling="meanmax", dim=8, cap=6):
     if pooling == "latent":  # ten bank images with random sources, a random prior over the combinations
         from profiler.models.latent import layout
 
-        plan = layout((2, 6, 8))
+        plan = layout((2, 6, 8), [(0, 2)] if reader else ())
         r = rng.dirichlet(np.ones(plan.sources), size=10)
         pi = r.mean(axis=0)
-        emission = plan.allowed * rng.dirichlet(np.ones(4))[plan.kind] / pi
+        emission = plan.allowed * rng.dirichlet(np.ones(plan.kinds))[plan.kind] / pi
+        width = model.get_layer("neighbours").width
+        assert (plan.sources, width) == ((33, 48) if reader else (17, 32))
         layer = model.get_layer("neighbours")
         if reader:  # and a random correction, so that the reader shows
             layer.set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi, spread=rng.uniform(0.5, 2, 4))
             model.get_layer("reader").emission.assign(layer.padded(emission))
-            model.get_layer("reader").kernel.assign(rng.normal(size=(4, 32)))
-            model.get_layer("reader").bias.assign(rng.normal(size=32))
+            model.get_layer("reader").kernel.assign(rng.normal(size=(4, width)))
+            model.get_layer("reader").bias.assign(rng.normal(size=width))
         else:
             layer.set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi, emission)
         model.get_layer("posterior").bias.assign(rng.normal(size=96))
@@ -262,7 +266,7 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
                                            "epochs": 2, "set_pooling": pooling, "neighbours": 5,
-                                           "latent_neighbours": 5})
+                                           "latent_neighbours": 5, "latent_pairs": '["gender*occupation"]'})
     train(embedded, tmp_path / "run", config, progress=False)
     model = load_model(tmp_path / "run" / "last.keras")
     stage, head = model.fixed_stage()
@@ -270,13 +274,14 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
     if pooling == "neighbours":
         assert mapped.vectors.shape == (len(embedded.vectors), 16)
         assert (mapped.vectors >= 0).all()  # evidence: nothing below "says nothing"
-    else:  # the sources' log-probabilities (17, padded to 32) and the image on the bank's 8 axes, finite
-        assert mapped.vectors.shape == (len(embedded.vectors), 32 + 8) and np.isfinite(mapped.vectors).all()
-        q = np.exp(mapped.vectors[:, :32])
+    else:  # the sources' log-probabilities (noise, 16 classes, 16 gender-occupation pairs: 33,
+        # padded to 48) and the image on the bank's 8 axes, finite
+        assert mapped.vectors.shape == (len(embedded.vectors), 48 + 8) and np.isfinite(mapped.vectors).all()
+        q = np.exp(mapped.vectors[:, :48])
         np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
-        assert (q[:, 17:] < 1e-20).all()  # the padding columns: no source
+        assert (q[:, 33:] < 1e-20).all()  # the padding columns: no source
         # unit spread on the main axes (the tiny encoder's embeddings of plain colours have rank 3 or 4)
-        np.testing.assert_allclose(mapped.vectors[:, 32:35].std(axis=0), 1.0, rtol=0.3)
+        np.testing.assert_allclose(mapped.vectors[:, 48:51].std(axis=0), 1.0, rtol=0.3)
     raw = np.stack([pack_set(embedded.user_images(i), 4) for i in range(len(embedded))])
     evidence = np.stack([pack_set(mapped.user_images(i), 4) for i in range(len(mapped))])
     full, fitted = model(raw, training=False), head(evidence, training=False)
@@ -317,6 +322,29 @@ def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path, pooling):
         for name, data in files.items():
             z.writestr(name, data)
     with pytest.raises(ModelFileError, match="evil.keras: not a loadable profiler model .*out of range"):
+        load_model(tmp_path / "evil.keras")
+
+
+@pytest.mark.parametrize("pairs", [[[0, 0]], [[0, 2], [2, 0]], [[0, 5]], [7], "ab"])
+def test_a_model_file_with_bad_source_pairs_is_refused(tmp_path, pairs):
+    """Pairs of traits that do not exist, repeat, or are not pairs: a message, no traceback."""
+    import json as json_
+    import zipfile
+
+    from profiler.models import load_model, save_model
+
+    save_model(small_model("latent"), tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json_.loads(files["config.json"])
+    assert config["config"]["neighbours"]["pairs"] == [[0, 2]]
+    config["config"]["neighbours"]["pairs"] = pairs
+    files["config.json"] = json_.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "evil.keras", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(ModelFileError, match="evil.keras: not a loadable profiler model .*latent source pairs "
+                                             "must be distinct pairs of two of 3 traits"):
         load_model(tmp_path / "evil.keras")
 
 

@@ -163,6 +163,14 @@ def test_config_file_and_validation(tmp_path):
     assert resolve("default", overrides={"latent_reader_l2": "0.01"}).latent_reader_l2 == 0.01
     with pytest.raises(ConfigError, match="latent_reader_l2 must be null or a number from 0 to 1e6, not -1.0"):
         resolve("default", overrides={"latent_reader_l2": "-1"})
+    # the latent head's pair sources: a JSON list of 'trait*trait'
+    assert resolve("default").latent_pairs == []
+    assert resolve("default", overrides={"latent_pairs": '["gender*occupation"]'}).latent_pairs == ["gender*occupation"]
+    assert resolve("default", overrides={"latent_pairs": '["location*gender"]'}).latent_pairs == ["location*gender"]
+    for bad in ('["gender*gender"]', '["gender*job"]', '["gender*occupation", "occupation*gender"]', '"gender"'):
+        with pytest.raises(ConfigError, match=r"latent_pairs must be a list of distinct pairs of traits written "
+                                              r"'gender\*occupation' \(traits gender, location, occupation\)"):
+            resolve("default", overrides={"latent_pairs": bad})
 
 
 def test_training_needs_truth(tmp_path):

@@ -118,6 +118,7 @@ class SetFamily(Family):
             neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
                           "k": config.latent_neighbours, "temperature": config.latent_temperature,
                           "reader": config.latent_reader_l2 is not None,
+                          "pairs": [sorted(TRAITS.index(t) for t in pair.split("*")) for pair in config.latent_pairs],
                           "reader_l2": config.latent_reader_l2 or 0.0}
         model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
                             dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
@@ -218,7 +219,7 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
     owner = np.repeat(positions, data.counts[positions])
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
-    sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes), k=layer.k,
+    sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes, layer.pairs), k=layer.k,
                           temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
     if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
         spread = np.maximum(projected.std(axis=0), 1e-6)

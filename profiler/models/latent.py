@@ -1,8 +1,9 @@
 """Which of a user's images tell what: the latent sources behind the "latent" set pooling.
 
 A user's labels say nothing about which of its images carry them. This module models
-each image as coming from one latent *source*: noise (the same for every user) or one
-trait's class (a female-only item, a region's landmark, a job's tool). A user whose labels are the
+each image as coming from one latent *source*: noise (the same for every user), one
+trait's class (a female-only item, a region's landmark, a job's tool) or, for the trait
+``pairs`` asked for, a pair of classes (a woman at a doctor's work shows both). A user whose labels are the
 combination ``c`` posts sources ``z`` with probability ``theta[kind(z)]`` when ``z``
 agrees with ``c`` (noise always does) and never otherwise. An image's likelihood under
 ``c`` is then ``sum_z allowed[c, z] * theta[kind(z)] * q(z | image) / pi(z)``, with
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: the share of a user's images first assumed to be noise, and to carry each trait's class:
+#: the share of a user's images first assumed to be noise, and to carry each trait's class
+#: (or each pair's classes):
 #: the starting point of ``theta`` (re-estimated every round)
 START_NOISE, START_TRAIT = 0.7, 0.1
 
@@ -36,7 +38,8 @@ START_NOISE, START_TRAIT = 0.7, 0.1
 class Layout:
     """The sources for traits with ``classes`` classes each (in trait order).
 
-    ``kind[z]``: 0 for noise, 1 + t for trait ``t``'s classes. ``allowed[c, z]``: whether
+    ``kind[z]``: 0 for noise, 1 + t for trait ``t``'s classes, 1 + traits + j for the
+    class pairs of ``pairs[j]`` (two trait positions). ``allowed[c, z]``: whether
     combination ``c`` (traits' classes in row-major order, as ``np.ndindex(*classes)`` lists
     them) can post source ``z``.
     """
@@ -44,6 +47,7 @@ class Layout:
     classes: tuple[int, ...]
     kind: np.ndarray
     allowed: np.ndarray
+    pairs: tuple[tuple[int, int], ...] = ()
 
     @property
     def sources(self) -> int:
@@ -59,20 +63,42 @@ class Layout:
         return self.allowed[combo]
 
 
-def layout(classes) -> Layout:
-    """The sources of traits with ``classes`` classes: noise, then each trait's classes."""
+def check_pairs(pairs, traits: int) -> tuple[tuple[int, int], ...]:
+    """``pairs`` as sorted tuples of two distinct trait positions below ``traits``, each once
+    (``ValueError`` otherwise)."""
+    out = []
+    try:
+        for pair in pairs:
+            a, b = sorted(int(t) for t in pair) if len(pair) == 2 else (-1, -1)
+            if not 0 <= a < b < traits or (a, b) in out:
+                raise ValueError
+            out.append((a, b))
+    except (TypeError, ValueError):
+        raise ValueError(f"latent source pairs must be distinct pairs of two of {traits} traits, "
+                         f"not {pairs!r}"[:300]) from None
+    return tuple(out)
+
+
+def layout(classes, pairs=()) -> Layout:
+    """The sources of traits with ``classes`` classes: noise, then each trait's classes,
+    then for each of ``pairs`` (two trait positions) each pair of their classes."""
     classes = tuple(int(c) for c in classes)
+    pairs = check_pairs(pairs, len(classes))
     combos = np.array(list(np.ndindex(*classes)), dtype=np.int64).reshape(-1, len(classes))
     kind, columns = [0], [np.ones(len(combos), bool)]
     for t, k in enumerate(classes):
         for value in range(k):
             kind.append(1 + t)
             columns.append(combos[:, t] == value)
-    return Layout(classes, np.array(kind, np.int64), np.stack(columns, axis=1).astype(np.float64))
+    for j, (a, b) in enumerate(pairs):
+        for first, second in np.ndindex(classes[a], classes[b]):
+            kind.append(1 + len(classes) + j)
+            columns.append((combos[:, a] == first) & (combos[:, b] == second))
+    return Layout(classes, np.array(kind, np.int64), np.stack(columns, axis=1).astype(np.float64), pairs)
 
 
 def start_theta(plan: Layout) -> np.ndarray:
-    theta = np.array([START_NOISE] + [START_TRAIT] * len(plan.classes))
+    theta = np.array([START_NOISE] + [START_TRAIT] * (plan.kinds - 1))
     return theta / theta.sum()
 
 

@@ -237,7 +237,11 @@ class LatentEvidence(NeighbourEvidence):
     ``SourceReader``, which learns to correct the neighbours' reading and holds the emission.
     """
 
-    def __init__(self, *args, alpha: float = 1.0, reader: bool = False, **kwargs):
+    def __init__(self, *args, alpha: float = 1.0, reader: bool = False, pairs=(), **kwargs):
+        from profiler.models.latent import check_pairs
+
+        classes = kwargs["classes"] if "classes" in kwargs else args[3]
+        self.pairs = check_pairs(pairs, len(classes))  # before the bank's size checks, which read it
         super().__init__(*args, **kwargs)
         self.alpha, self.reader = float(alpha), bool(reader)
         if not (0 < self.alpha <= 1e6 and self.combos <= 1 << 16 and self.combos * self.width <= MAX_BANK_VALUES):
@@ -245,9 +249,8 @@ class LatentEvidence(NeighbourEvidence):
 
     @property
     def sources(self) -> int:
-        from profiler.models.latent import layout
-
-        return layout(self.classes).sources
+        """Noise, every trait's classes and every pair's classes (``profiler.models.latent.layout``)."""
+        return 1 + sum(self.classes) + sum(self.classes[a] * self.classes[b] for a, b in self.pairs)
 
     @property
     def width(self) -> int:
@@ -307,7 +310,8 @@ class LatentEvidence(NeighbourEvidence):
         return tuple(shape[:-1]) + (self.out_width,)
 
     def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha, "reader": self.reader}
+        return {**super().get_config(), "alpha": self.alpha, "reader": self.reader,
+                "pairs": [list(pair) for pair in self.pairs]}
 
 
 @keras.saving.register_keras_serializable(package="profiler")
@@ -468,7 +472,7 @@ class SetProfiler(keras.Model):
         self.ood = ood  # recorded after training; see profiler.ood
         self.neighbours = (None if pooling not in BANK_POOLINGS else
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
-                            if k in ("size", "dims", "k", "temperature", "alpha", "reader")})
+                            if k in ("size", "dims", "k", "temperature", "alpha", "reader", "pairs")})
         if self.neighbours and self.neighbours.get("reader"):
             self.neighbours["reader_l2"] = self.get_layer("reader").l2
 
