@@ -35,9 +35,11 @@ SHOWN_SKIPPED = 5
 @click.option("--decide", default=None, metavar="RULE",
               help="How a label is chosen from the probabilities: 'argmax' (the most probable class: "
                    "the best accuracy), 'balanced' (relative to each class's share of the training users: "
-                   "the best macro-F, the shared task's measure), or 'precision=P', e.g. precision=0.9 (a "
+                   "the best macro-F, the shared task's measure, if the probabilities are calibrated), "
+                   "'macro' (between the two, p / share^a with a from 0 to 1 per trait, chosen for the "
+                   "best macro-F on the validation split), or 'precision=P', e.g. precision=0.9 (a "
                    "class only above a threshold fitted on the validation split to reach precision P; a "
-                   "user above none gets 'unknown')  [default: balanced; argmax for a model trained "
+                   "user above none gets 'unknown')  [default: macro; argmax for a model trained "
                    "with calibrate=false]")
 @click.option("--explain", type=click.IntRange(0, 64), default=0, metavar="K",
               help="Add each user's evidence (json and jsonl): per trait, the K images that support the "
@@ -96,6 +98,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
         used = predictor.decider.describe()["thresholds"]
         click.echo(f"--decide {decide}: thresholds from the validation split (none: the class is never "
                    f"predicted): {json.dumps(used)}", err=True)
+
     if engine == "spark":
         from profiler import spark as engine_spark
 

@@ -65,7 +65,7 @@ class Predictor:
         A set model gets the encoder it was trained with (``encoder`` to pass one; it
         must have the same identity) and ``store`` (an ``EmbeddingStore``, or a path;
         the default cache otherwise). ``decide`` is the decision rule
-        (``profiler.decisions``: argmax, balanced or precision=P; None: the model's default).
+        (``profiler.decisions``: argmax, balanced, macro or precision=P; None: the model's default).
         """
         from profiler.decisions import Decider
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from core.errors import ConfigError
-from profiler.decisions import Decider, check_record, parse_decide, record, thresholds
+from profiler.decisions import Decider, check_record, macro_exponent, parse_decide, record, thresholds
 from tests.helpers import make_dataset, train_tiny_set
 
 LABELS = {"gender": ["female", "male"],
@@ -22,9 +22,10 @@ def run(*args):
 
 def test_parse_decide():
     assert parse_decide("argmax") == ("argmax", None) and parse_decide("balanced") == ("balanced", None)
+    assert parse_decide(" macro") == ("macro", None)
     assert parse_decide("precision=0.9") == ("precision", 0.9) and parse_decide(" precision=.75 ") == ("precision", 0.75)
     for bad in ("precision=1", "precision=0", "precision=x", "max", "precision=1.5"):
-        with pytest.raises(ConfigError, match=r"--decide must be argmax, balanced or precision=P with 0 < P < 1"):
+        with pytest.raises(ConfigError, match=r"--decide must be argmax, balanced, macro or precision=P with 0 < P < 1"):
             parse_decide(bad)
 
 
@@ -59,6 +60,41 @@ def test_the_three_rules():
     assert strict.label("gender", np.array([1.0, 0.0])) == ("unknown" if cuts["female"] is None else "female")
 
 
+def test_macro_exponent_by_hand():
+    """Two classes with shares 0.8 / 0.2: p / share^a names the rare class where p1 / p0 > 4^-a.
+    Validation users with p1 / p0 of 0.11, 0.25, 0.89 (truly common) and 1.22, 2.33 (truly rare):
+    only a = 0 (argmax, cut 1) names exactly the rare ones; at a = 0.1 (cut 0.87) the 0.89 user
+    is named rare too. Move that user to 0.43 and every a up to 0.6 (cut 0.435) is perfect: ties
+    keep the larger a. A head that under-states the rare class (its users at 0.43-0.67, the
+    common ones below 0.18) needs a cut under 0.43: a = 0.7 to 1, so 1 (balanced)."""
+    shares = np.array([0.8, 0.2])
+    truth = np.array([0, 0, 0, 1, 1])
+
+    def probabilities(p1):
+        p1 = np.array(p1)
+        return np.stack([1 - p1, p1], axis=1)
+
+    assert macro_exponent(probabilities([0.1, 0.2, 0.47, 0.55, 0.7]), truth, shares) == 0.0
+    assert macro_exponent(probabilities([0.1, 0.2, 0.3, 0.55, 0.7]), truth, shares) == 0.6
+    assert macro_exponent(probabilities([0.05, 0.1, 0.15, 0.3, 0.35, 0.4]), np.array([0, 0, 0, 1, 1, 1]),
+                          shares) == 1.0
+    assert macro_exponent(np.zeros((0, 2)), np.zeros(0, np.int64), shares) == 1.0  # no users: balanced
+
+
+def test_the_macro_rule_reads_its_exponent_from_the_validation_record():
+    val = {t: np.full((4, len(v)), 1 / len(v)) for t, v in LABELS.items()}
+    val["gender"] = np.array([[0.9, 0.1], [0.52, 0.48], [0.6, 0.4], [0.4, 0.6]])
+    truth = {t: np.zeros(4, int) for t in LABELS}
+    truth["gender"] = np.array([0, 0, 0, 1])  # only argmax's cut (p1 / p0 > 1) separates 0.92 from 1.5
+    train = {"gender": np.array([0] * 80 + [1] * 20), "location": np.arange(60) % 6, "occupation": np.arange(80) % 8}
+    info = {"labels": LABELS, "decisions": record(val, truth, train, LABELS, class_weight="balanced", shifted=True)}
+    rule = Decider(None, info)
+    assert rule.text == "macro" and rule.describe()["exponents"]["gender"] == 0.0  # argmax is right on all four
+    # share of male 21/102: 0.3 / 0.206 beats 0.7 / 0.794 under balanced, not under a = 0
+    assert rule.label("gender", np.array([0.7, 0.3])) == "female"
+    assert Decider("balanced", info).label("gender", np.array([0.7, 0.3])) == "male"
+
+
 def test_a_class_weighted_model_is_already_balanced():
     """Trained with balanced class weights, the model's outputs are prior-corrected: 'balanced' is
     its own argmax and 'argmax' puts the priors back."""
@@ -71,7 +107,7 @@ def test_a_class_weighted_model_is_already_balanced():
     assert Decider("argmax", weighted).label("gender", p) == "female"  # 0.4 x 0.89 > 0.6 x 0.11
     assert Decider("balanced", weighted).label("gender", p) == "male"
     assert Decider("argmax", plain).label("gender", p) == "male"
-    assert Decider(None, weighted).text == "balanced" and Decider(None, {"labels": LABELS}).text == "argmax"
+    assert Decider(None, weighted).text == "macro" and Decider(None, {"labels": LABELS}).text == "argmax"
     # today's models: the outputs are shifted back to the real shares, so the rules read them plainly
     shifted = {"labels": LABELS, "decisions": record(val, truth, train, LABELS, class_weight="balanced",
                                                      shifted=True)}
@@ -141,7 +177,7 @@ def test_a_model_without_a_record_can_only_argmax(trained):
                  "--embeddings", root / "e.sqlite")
     assert result.exit_code == 1 and "needs the validation record that training stores" in result.stderr
     result = run("predict", data, "--model", root / "raw" / "model.keras", "--decide", "precision=2", "-q")
-    assert result.exit_code == 1 and "--decide must be argmax, balanced or precision=P" in result.stderr
+    assert result.exit_code == 1 and "--decide must be argmax, balanced, macro or precision=P" in result.stderr
     assert "Traceback" not in result.output
 
 
