@@ -61,6 +61,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, enco
         probe_submission(data, embedded["train"], embedded["test"], work / "probe.txt"))
     timings["probe_s"] = time.perf_counter() - t
     predictions["Item oracle + logistic regression"] = read_truth(oracle_submission(data, work / "oracle.txt"))
+    decided = {}  # each set model's decision rule (its default)
     for k, choice in enumerate(poolings):
         pooling, settings = variant(choice)
         config = dataclasses.replace(base, set_pooling=pooling, **settings)
@@ -73,6 +74,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, enco
         table = flatten(rows, predictor.info["labels"]).set_index("user_id")[list(TRAITS)]
         extra = "".join(f", {pair}" for pair in choice.split(":")[1:])
         predictions[f"Set model ({pooling} pooling{extra})"] = table
+        decided[f"Set model ({pooling} pooling{extra})"] = predictor.decider.text
         _log(f"  {choice}: {summary['epochs_run']} epochs, best {summary['best_epoch']}")
     scores = {name: evaluation.score(truth, p, bootstrap=1000, seed=0) for name, p in predictions.items()}
     meta = json.loads((data / "generator.json").read_text())
@@ -81,7 +83,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, enco
             "seed": meta["seed"], "users": meta["users"],
             "signal": meta["process"]["signal"], "majority_accuracy": meta["majority_accuracy"],
             "images": {s: int(len(e.vectors)) for s, e in embedded.items()}, "encoder": encoder.identity,
-            "timings": timings, "scores": scores}
+            "timings": timings, "scores": scores, "decide": decided}
 
 
 def variant(choice: str) -> tuple[str, dict]:
@@ -111,10 +113,19 @@ def merged(old: list[dict], new: list[dict]) -> list[dict]:
             order = [n for n in run["scores"]] + [n for n in update["scores"] if n not in run["scores"]]
             where = run.get("machine", "an earlier run's machine")
             kept = {n: run.get("kept", {}).get(n, where) for n in run["scores"] if n not in update["scores"]}
+            rules = {**rules_of(run), **rules_of(update)}
             run = {**update, "scores": {n: scores[n] for n in order},
-                   "timings": {**run["timings"], **update["timings"]}, "kept": kept}
+                   "timings": {**run["timings"], **update["timings"]}, "kept": kept,
+                   "decide": {n: rules[n] for n in order if n in rules}}
         out.append(run)
     return out + list(fresh.values())
+
+
+def rules_of(run: dict) -> dict[str, str]:
+    """Each set model row's decision rule; ``balanced`` for runs recorded before the rule was
+    (it was the default until ``macro`` replaced it)."""
+    recorded = run.get("decide", {})
+    return {n: recorded.get(n, "balanced") for n in run["scores"] if n.startswith("Set model")}
 
 
 def render(runs: list[dict]) -> str:
@@ -147,6 +158,9 @@ def render(runs: list[dict]) -> str:
                   *([f"Measured on {run['machine']}"
                      + "".join(f"; the row {n!r} earlier, on {w}" for n, w in run.get("kept", {}).items())
                      + ".", ""] if "machine" in run else []),
+                  "Labels of the set models by the decision rule " + "; ".join(
+                      f"{rule!r}: {', '.join(repr(n) for n, r in rules_of(run).items() if r == rule)}"
+                      for rule in dict.fromkeys(rules_of(run).values())) + ".", "",
                   tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False), ""]
     m = machine()
     parts.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, features: {m.get('features')}.")
