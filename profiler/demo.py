@@ -162,6 +162,7 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
         f"trained with the `default` preset (at most {configs['set'].epochs} epochs). The 3D CNNs: "
         f"the `default` preset for at most {epochs} epochs at {size} px. Each model is the "
         "checkpoint with the best validation mean macro-F.", "",
+        decision_rules({name: runs / name / "model.keras" for name in ("set", "model1", "model2")}), "",
         "Macro-F (F) and accuracy (Acc) on the test split. The Bayes rule is the best any reader "
         "of the images could do (the sample data's ceiling). The item oracle reads which emoji each "
         "image shows from the answer key and learns from the training split: what the training "
@@ -197,6 +198,24 @@ def demo(out: str | Path = "results", *, data: str | Path = "data/sample",
 
 
 UNUSUAL_PER_KIND = 50
+
+
+def decision_rules(models: dict[str, Path]) -> str:
+    """A sentence naming each model's default decision rule and, for ``macro``, its exponents."""
+    from profiler.decisions import Decider
+    from profiler.models import load_model
+    from profiler.models.io import model_info
+
+    parts = []
+    for name, path in models.items():
+        decider = Decider(None, model_info(load_model(path)))
+        exponents = decider.describe().get("exponents")
+        parts.append(f"{SYSTEM_NAMES[name]} `{decider.text}`" + (
+            " (a = " + " / ".join(f"{exponents[t]:g}" for t in TRAITS) + ")" if exponents else ""))
+    return ("Labels by each model's default decision rule (`profiler predict --decide`); `macro` names "
+            "the class with the highest p / share^a, with a per trait (gender / location / occupation) "
+            "from 0 (argmax) to 1 (balanced), the one with the best macro-F on the validation split: "
+            + "; ".join(parts) + ".")
 
 
 def unusual_check(tables: dict, folder: Path, runs: Path, store_path: Path, *, seed: int, workers: int) -> dict:
