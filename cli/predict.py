@@ -98,7 +98,6 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
         used = predictor.decider.describe()["thresholds"]
         click.echo(f"--decide {decide}: thresholds from the validation split (none: the class is never "
                    f"predicted): {json.dumps(used)}", err=True)
-
     if engine == "spark":
         from profiler import spark as engine_spark
 
