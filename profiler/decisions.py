@@ -141,22 +141,17 @@ def thresholds(probabilities: np.ndarray, truth: np.ndarray, precision: float) -
 MACRO_EXPONENTS = tuple(round(0.1 * i, 1) for i in range(10, -1, -1))
 
 
-def macro_f(truth: np.ndarray, predicted: np.ndarray, k: int) -> float:
-    """Macro-F over ``k`` classes (a class neither present nor predicted counts 0, as in scoring)."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(truth, predicted, labels=list(range(k)), average="macro", zero_division=0))
-
-
-def macro_exponent(probabilities: np.ndarray, truth: np.ndarray, priors: np.ndarray) -> float:
+def macro_exponent(probabilities: np.ndarray, truth: np.ndarray, priors: np.ndarray, trait: str) -> float:
     """The exponent ``a`` (of ``MACRO_EXPONENTS``, 0 to 1) for which ``argmax(p / priors ** a)``
-    has the highest macro-F on the validation users (``probabilities`` (n, k), ``truth`` (n,)).
+    has the highest macro-F of ``trait`` on the validation users (``probabilities`` (n, k),
+    ``truth`` (n,)), as scoring and early stopping measure it (``core.metrics.trait_scores``).
     Ties, and no users, keep the larger ``a`` (1: the ``balanced`` rule)."""
+    from core.metrics import trait_scores
+
     if not len(truth):
         return 1.0
     logp, logprior = np.log(np.maximum(probabilities, 1e-12)), np.log(priors)
-    k = logp.shape[1]
-    scores = [macro_f(truth, np.argmax(logp - a * logprior, axis=1), k) for a in MACRO_EXPONENTS]
+    scores = [trait_scores(truth, np.argmax(logp - a * logprior, axis=1), trait)["F"] for a in MACRO_EXPONENTS]
     return float(MACRO_EXPONENTS[int(np.argmax(np.round(scores, 12)))])
 
 
@@ -192,7 +187,7 @@ class Decider:
             self.exponents = {}
             for t in TRAITS:  # a class-weighted model's balanced outputs multiplied back by the shares
                 p, truth = self._validation(decisions, t)
-                self.exponents[t] = macro_exponent(p * self.priors[t] if self.weighted else p, truth, self.priors[t])
+                self.exponents[t] = macro_exponent(p * self.priors[t] if self.weighted else p, truth, self.priors[t], t)
         if self.rule == "precision":
             self.cuts = {t: thresholds(*self._validation(decisions, t), self.precision) for t in TRAITS}
 

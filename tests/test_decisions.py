@@ -74,11 +74,11 @@ def test_macro_exponent_by_hand():
         p1 = np.array(p1)
         return np.stack([1 - p1, p1], axis=1)
 
-    assert macro_exponent(probabilities([0.1, 0.2, 0.47, 0.55, 0.7]), truth, shares) == 0.0
-    assert macro_exponent(probabilities([0.1, 0.2, 0.3, 0.55, 0.7]), truth, shares) == 0.6
+    assert macro_exponent(probabilities([0.1, 0.2, 0.47, 0.55, 0.7]), truth, shares, "gender") == 0.0
+    assert macro_exponent(probabilities([0.1, 0.2, 0.3, 0.55, 0.7]), truth, shares, "gender") == 0.6
     assert macro_exponent(probabilities([0.05, 0.1, 0.15, 0.3, 0.35, 0.4]), np.array([0, 0, 0, 1, 1, 1]),
-                          shares) == 1.0
-    assert macro_exponent(np.zeros((0, 2)), np.zeros(0, np.int64), shares) == 1.0  # no users: balanced
+                          shares, "gender") == 1.0
+    assert macro_exponent(np.zeros((0, 2)), np.zeros(0, np.int64), shares, "gender") == 1.0  # no users: balanced
 
 
 def test_the_macro_rule_reads_its_exponent_from_the_validation_record():
