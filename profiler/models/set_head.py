@@ -249,7 +249,9 @@ class LatentEvidence(NeighbourEvidence):
 
     @property
     def sources(self) -> int:
-        """Noise, every trait's classes and every pair's classes (``profiler.models.latent.layout``)."""
+        """Noise, every trait's classes and every pair's classes (``profiler.models.latent.layout``),
+        counted rather than laid out: the bank's size checks read it before the classes are
+        known to be in range, and laying out 1024^8 combinations would never end."""
         return 1 + sum(self.classes) + sum(self.classes[a] * self.classes[b] for a, b in self.pairs)
 
     @property
