@@ -72,6 +72,10 @@ class TrainConfig:
     # work shows a gender and an occupation), each pair of classes a source of its own, as
     # ["gender*occupation"]; none by default (it trades occupation for gender: README)
     latent_pairs: list[str] = field(default_factory=list)
+    # "latent" pooling: after a first EM, re-read the images on axes whitened by the spread of
+    # the images *within* each source the EM found (shrunk by this share towards equal
+    # spread), and run the EM again there (profiler.models.latent.within_whitening); null: not
+    latent_whiten: float | None = 0.3
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -103,6 +107,9 @@ class TrainConfig:
             (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
                                                and 0 <= self.latent_reader_l2 <= 1e6),
              f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),
+            (self.latent_whiten is None or (isinstance(self.latent_whiten, (int, float))
+                                            and 0 < self.latent_whiten <= 1),
+             f"latent_whiten must be null or a number above 0 and at most 1, not {self.latent_whiten!r}"),
             (_pairs_ok(self.latent_pairs),
              f"latent_pairs must be a list of distinct pairs of traits written 'gender*occupation' "
              f"(traits {', '.join(TRAITS)}), not {self.latent_pairs!r}"),
@@ -154,7 +161,7 @@ PRESETS: dict[str, dict] = {
 
 
 #: number fields that may also be null (``null``, ``none`` or ``off`` on the command line)
-NULLABLE = ("latent_reader_l2",)
+NULLABLE = ("latent_reader_l2", "latent_whiten")
 
 
 def field_names() -> list[str]:

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from profiler.models.latent import check_pairs, fit_sources, layout, nearest, read_sources, start_theta
+from profiler.models.latent import (check_pairs, fit_sources, layout, nearest, read_sources, start_theta,
+                                   within_whitening)
 
 
 def test_layout_lists_noise_then_each_traits_classes():
@@ -105,3 +106,41 @@ def test_em_finds_the_telling_items_among_noise():
     sign = np.where(labels[:, 0] == 1, 1.0, -1.0)
     assert (sign * ratio)[telling].min() > np.log(5)
     assert np.abs(ratio[~telling]).max() < (sign * ratio)[telling].min() and np.abs(ratio[~telling]).mean() < 0.5
+
+
+def test_within_whitening_by_hand():
+    # source 0 at (+-1, 0), source 1 at (+-1, 2): within-source spread diag(1, 0); shrunk by
+    # half towards its mean spread 0.5: diag(0.75, 0.25), whitened by e0 / sqrt(0.75) and
+    # e1 / 0.5; the images' whole spread along them is 1 / 0.75 and 4, so e1's axis comes first
+    rows = np.array([[-1.0, 0], [1, 0], [-1, 2], [1, 2]])
+    r = np.array([[1.0, 0], [1, 0], [0, 1], [0, 1]])
+    axes = within_whitening(rows, r, 0.5)
+    np.testing.assert_allclose(np.abs(axes), [[0, 1 / np.sqrt(0.75)], [2, 0]], atol=1e-12)
+    # with soft responsibilities the shrunk within-source scatter becomes the identity
+    rng = np.random.default_rng(0)
+    rows, r = rng.normal(size=(200, 5)), rng.dirichlet(np.ones(3), size=200)
+    axes = within_whitening(rows, r, 0.2)
+    means = (r.T @ rows) / r.sum(axis=0)[:, None]
+    scatter = sum(((rows - m) * w[:, None]).T @ (rows - m) for m, w in zip(means, r.T)) / len(rows)
+    shrunk = 0.8 * scatter + 0.2 * np.trace(scatter) / 5 * np.eye(5)
+    np.testing.assert_allclose(axes.T @ shrunk @ axes, np.eye(5), atol=1e-10)
+    spread = (rows @ axes).var(axis=0)
+    assert (np.diff(spread) <= 1e-12).all()
+
+
+def test_within_whitening_makes_an_images_neighbours_its_own_sources():
+    # two sources 0.3 apart on axis 1 while every image varies ten times as much on axis 0
+    # (the nuisance: rendering, clutter), all 5 out on axis 2: by cosine, an image's ten
+    # nearest are 82 % of its own source; on the whitened axes, 97 %
+    rng = np.random.default_rng(1)
+    source = np.repeat([0, 1], 200)
+    rows = np.stack([rng.normal(0, 3, 400), 0.3 * source + rng.normal(0, 0.05, 400), np.full(400, 5.0)], axis=1)
+
+    def own(points):
+        unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+        index, _ = nearest(unit, unit, 10, 0.05, exclude_same=True)
+        return (source[index] == source[:, None]).mean()
+
+    before = own(rows)
+    after = own(rows @ within_whitening(rows, np.eye(2)[source], 0.1))
+    assert before == pytest.approx(0.818, abs=0.001) and after == pytest.approx(0.967, abs=0.001)

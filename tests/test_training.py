@@ -163,6 +163,13 @@ def test_config_file_and_validation(tmp_path):
     assert resolve("default", overrides={"latent_reader_l2": "0.01"}).latent_reader_l2 == 0.01
     with pytest.raises(ConfigError, match="latent_reader_l2 must be null or a number from 0 to 1e6, not -1.0"):
         resolve("default", overrides={"latent_reader_l2": "-1"})
+    # the latent head's within-source whitening: a shrinkage share in (0, 1], or null
+    assert resolve("default").latent_whiten == 0.3
+    assert resolve("default", overrides={"latent_whiten": "off"}).latent_whiten is None
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=f"latent_whiten must be null or a number above 0 and at most 1, "
+                                              f"not {float(bad)!r}"):
+            resolve("default", overrides={"latent_whiten": bad})
     # the latent head's pair sources: a JSON list of 'trait*trait'
     assert resolve("default").latent_pairs == []
     assert resolve("default", overrides={"latent_pairs": '["gender*occupation"]'}).latent_pairs == ["gender*occupation"]

@@ -127,7 +127,7 @@ class SetFamily(Family):
             fill_bank(model, data, positions, rows, config.seed)
         elif config.set_pooling == "latent":
             fill_sources(model, data, positions, rows, config.seed, rounds=config.latent_rounds,
-                         balanced=config.class_weight == "balanced")
+                         balanced=config.class_weight == "balanced", whiten=config.latent_whiten)
         return model
 
     def split(self, model, data, positions):
@@ -204,23 +204,32 @@ def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -
 
 
 def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int,
-                 balanced: bool) -> None:
+                 balanced: bool, whiten: float | None = None) -> None:
     """The "latent" pooling's bank: the training images (as ``fill_bank``) with their sources
     learnt by EM from their users' labels (``profiler.models.latent.fit_sources``), the
     emission (in the bank, or in the learnt source reader where the model has one), and the
     posterior's starting bias: none where training weighs the classes equally (``balanced``:
     the model's outputs are then balanced, as prediction's prior shift expects), else the
-    combinations' log prior (the product of the traits' smoothed class shares)."""
-    from profiler.models.latent import fit_sources, layout
+    combinations' log prior (the product of the traits' smoothed class shares).
+
+    ``whiten`` (a shrinkage share, or None): after the EM, the principal axes are whitened
+    by the spread within the sources it found (``profiler.models.latent.within_whitening``)
+    and the EM runs again on them; the bank keeps the whitened axes."""
+    from profiler.models.latent import fit_sources, layout, within_whitening
 
     layer = model.get_layer("neighbours")
     standard, projection = _bank_rows(model, rows, seed)
-    projected = standard @ projection
-    unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
     owner = np.repeat(positions, data.counts[positions])
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
-    sources = fit_sources(unit.astype(np.float64), labels, layout(layer.classes, layer.pairs), k=layer.k,
-                          temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
+    plan = layout(layer.classes, layer.pairs)
+    sources = None
+    for _ in range(1 if whiten is None else 2):
+        if sources is not None:
+            projection = (projection @ within_whitening(projected, sources.responsibilities, whiten)).astype(np.float32)
+        projected = standard @ projection
+        unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+        sources = fit_sources(unit.astype(np.float64), labels, plan, k=layer.k,
+                              temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
     if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
         spread = np.maximum(projected.std(axis=0), 1e-6)
         layer.set_bank(projection, standard, sources.responsibilities, sources.pi, spread=spread)

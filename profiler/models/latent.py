@@ -158,3 +158,28 @@ def fit_sources(unit_rows: np.ndarray, labels: np.ndarray, plan: Layout, *, k: i
         pi = np.maximum(r.mean(axis=0), 1e-12)
         q = read_sources(index, weight, r, pi, alpha) / pi
     return Sources(r, pi, theta, plan.allowed * theta[plan.kind] / pi)
+
+
+def within_whitening(rows: np.ndarray, responsibilities: np.ndarray, shrink: float) -> np.ndarray:
+    """(d, d) map that whitens ``rows`` (n, d) by their spread *within* the sources that
+    ``responsibilities`` (n, sources) give them, shrunk by ``shrink`` (0 to 1) towards
+    equal spread on every axis.
+
+    Directions along which the images of one source vary (an emoji's rendering, a noise
+    picture's clutter) shrink and those that tell sources apart stand out, so that an
+    image's nearest neighbours are more often of its own source: the EM's own estimate of
+    which image is which decides which axes matter. The within-source scatter is
+    ``sum_z sum_i r_iz (x_i - m_z)(x_i - m_z)^T / n``, ``m_z`` the responsibility-weighted
+    mean of source ``z``. The new axes come in order of the images' whole spread along
+    them, largest first (as principal axes do).
+    """
+    rows = np.asarray(rows, np.float64)
+    weight = responsibilities.sum(axis=0)
+    means = (responsibilities.T @ rows) / np.maximum(weight, 1e-12)[:, None]
+    scatter = (rows.T @ rows - (means.T * weight) @ means) / len(rows)
+    scatter = (scatter + scatter.T) / 2
+    d = len(scatter)
+    scatter = (1 - shrink) * scatter + shrink * max(np.trace(scatter) / d, 1e-12) * np.eye(d)
+    values, vectors = np.linalg.eigh(scatter)
+    axes = vectors / np.sqrt(np.maximum(values, 1e-12 * values.max()))
+    return axes[:, np.argsort(-(rows @ axes).var(axis=0), kind="stable")]
