@@ -60,7 +60,9 @@ class TrainConfig:
     hidden: list[int] = field(default_factory=lambda: [256])  # per-image layers before pooling
     set_pooling: str = "latent"  # chosen by measurement on the sample data (README, results/science.md)
     neighbours: int = 200  # "neighbours" pooling: training images that vote for each image
-    neighbour_dims: int = 256  # principal axes the bank's similarity is computed on
+    # principal axes the bank's similarity is computed on (512 since the "latent" head whitens
+    # them: README, "Whitened axes"; the "neighbours" head was measured with 256)
+    neighbour_dims: int = 512
     neighbour_temperature: float = 0.1  # vote weights exp((similarity - best) / temperature)
     latent_neighbours: int = 50  # "latent" pooling: training images whose sources each image reads
     latent_temperature: float = 0.05  # their vote weights, as neighbour_temperature
