@@ -35,9 +35,15 @@ def quiet_option(what: str = "No progress bar."):
     return click.option("--quiet", "-q", is_flag=True, help=what)
 
 
+def dash_is_stdout(ctx, param, value):
+    """An ``--output`` of ``-`` means standard output, as it does for most command-line tools."""
+    return None if value == "-" else value
+
+
 def output_option(what: str):
-    """``--output/-o``: a result file, written atomically (stdout when not given)."""
-    return click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help=what)
+    """``--output/-o``: a result file, written atomically (stdout when not given or ``-``)."""
+    return click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help=what,
+                        callback=dash_is_stdout)
 
 
 def out_dir_option(what: str, **kwargs):

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.common import Choice, embeddings_option, quiet_option, spark_options, workers_option
+from cli.common import Choice, dash_is_stdout, embeddings_option, quiet_option, spark_options, workers_option
 from profiler.prediction import OUTPUT_FORMATS
 
 #: exit code when some users could not be profiled (no usable image)
@@ -26,8 +26,9 @@ SHOWN_SKIPPED = 5
                    "submission: user_id:::gender:::location:::occupation for 'profiler score'; "
                    "parquet (--engine spark): a folder of Parquet parts, one row per user  "
                    "[default: json; parquet with --engine spark]")
-@click.option("--output", "-o", type=click.Path(), default=None,
-              help="Write results to this file (a folder for parquet), atomically, instead of stdout.")
+@click.option("--output", "-o", type=click.Path(), default=None, callback=dash_is_stdout,
+              help="Write results to this file (a folder for parquet), atomically, instead of stdout "
+                   "('-': stdout).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, help="Users decoded per batch.")
 @click.option("--tta", type=click.IntRange(0, 64), default=0,
               help="Average over this many random choices/orders of each user's images (0: none).")

@@ -171,6 +171,16 @@ def test_predict_decides_and_score_counts_abstentions(trained):
     assert all(u["gender"]["label"] in ("female", "male") for u in users)
 
 
+def test_predict_output_dash_is_stdout(trained, monkeypatch):
+    root, data = trained
+    monkeypatch.chdir(root)
+    result = run("predict", data, "--model", root / "run" / "model.keras", "--format", "submission", "-o", "-",
+                 "-q", "--embeddings", root / "e.sqlite")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 24 and result.stdout.count(":::") == 3 * 24
+    assert not (root / "-").exists() and "wrote" not in result.stderr
+
+
 def test_a_model_without_a_record_can_only_argmax(trained):
     root, data = trained
     result = run("predict", data, "--model", root / "raw" / "model.keras", "--decide", "balanced", "-q",

@@ -222,14 +222,17 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     owner = np.repeat(positions, data.counts[positions])
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
     plan = layout(layer.classes, layer.pairs)
-    sources = None
-    for _ in range(1 if whiten is None else 2):
-        if sources is not None:
-            projection = (projection @ within_whitening(projected, sources.responsibilities, whiten)).astype(np.float32)
+
+    def em(projection):  # the sources found on these axes
         projected = standard @ projection
         unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
-        sources = fit_sources(unit.astype(np.float64), labels, plan, k=layer.k,
-                              temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
+        return projected, fit_sources(unit.astype(np.float64), labels, plan, k=layer.k,
+                                      temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
+
+    projected, sources = em(projection)
+    if whiten is not None:
+        projection = (projection @ within_whitening(projected, sources.responsibilities, whiten)).astype(np.float32)
+        projected, sources = em(projection)
     if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
         spread = np.maximum(projected.std(axis=0), 1e-6)
         layer.set_bank(projection, standard, sources.responsibilities, sources.pi, spread=spread)
