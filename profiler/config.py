@@ -78,6 +78,11 @@ class TrainConfig:
     # the images *within* each source the EM found (shrunk by this share towards equal
     # spread), and run the EM again there (profiler.models.latent.within_whitening); null: not
     latent_whiten: float | None = 0.3
+    # "latent" pooling: a side view of the sources, with these pairs, from which the traits in
+    # latent_side_traits are read (the others from the main view): pairs help the trait they
+    # are read for and cost the others (README, "Side view"); both empty: no side view
+    latent_side_pairs: list[str] = field(default_factory=list)
+    latent_side_traits: list[str] = field(default_factory=list)
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -115,6 +120,15 @@ class TrainConfig:
             (_pairs_ok(self.latent_pairs),
              f"latent_pairs must be a list of distinct pairs of traits written 'gender*occupation' "
              f"(traits {', '.join(TRAITS)}), not {self.latent_pairs!r}"),
+            (_pairs_ok(self.latent_side_pairs),
+             f"latent_side_pairs must be a list of distinct pairs of traits written 'gender*occupation' "
+             f"(traits {', '.join(TRAITS)}), not {self.latent_side_pairs!r}"),
+            (isinstance(self.latent_side_traits, list) and len(set(map(str, self.latent_side_traits)))
+             == len(self.latent_side_traits) and set(map(str, self.latent_side_traits)) <= set(TRAITS),
+             f"latent_side_traits must be a list of distinct traits ({', '.join(TRAITS)}), "
+             f"not {self.latent_side_traits!r}"),
+            (bool(self.latent_side_pairs) == bool(self.latent_side_traits),
+             "latent_side_pairs and latent_side_traits go together: give both or neither"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),

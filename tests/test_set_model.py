@@ -14,8 +14,12 @@ from tests.helpers import interrupt_after, make_dataset
 
 #: "latent": with the learnt source reader (the default) and gender-occupation pair sources
 #: (latent_pairs ["gender*occupation"]); "latent-bank": with neither (as models trained with
-#: latent_reader_l2 null, and as the first latent models were saved)
-POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours", "latent", "latent-bank"]
+#: latent_reader_l2 null, and as the first latent models were saved); "latent-side": the reader
+#: and a side view of the sources with those pairs, read for gender (latent_side_pairs,
+#: latent_side_traits)
+POOLINGS = ["mean", "sum", "max", "meanmax", "attention", "evidence", "neighbours", "latent", "latent-bank",
+            "latent-side"]
+LATENTS = ["latent", "latent-bank", "latent-side"]
 
 
 def small_model(pooling="meanmax", dim=8, cap=6):
@@ -23,9 +27,10 @@ def small_model(pooling="meanmax", dim=8, cap=6):
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
-    reader = pooling == "latent"
-    pooling = "latent" if pooling == "latent-bank" else pooling
-    pairs = {"reader": True, "pairs": [[0, 2]]} if reader else {}  # latent_pairs ["gender*occupation"]
+    reader, side = pooling in ("latent", "latent-side"), pooling == "latent-side"
+    pooling = "latent" if pooling in LATENTS else pooling
+    pairs = ({"reader": True, "side_pairs": [[0, 2]], "side_traits": [0]} if side
+             else {"reader": True, "pairs": [[0, 2]]} if reader else {})  # latent_pairs ["gender*occupation"]
     bank = ({"size": 10, "dims": 4, "k": 3, "temperature": 0.5, **pairs}
             if pooling in ("neighbours", "latent") else None)
     model = SetProfiler(dim, cap=cap, encoder="tiny@test", hidden=(4,), dense=(4,), dropout=0.0,
@@ -34,16 +39,18 @@ def small_model(pooling="meanmax", dim=8, cap=6):
     if pooling == "latent":  # ten bank images with random sources, a random prior over the combinations
         from profiler.models.latent import layout
 
-        plan = layout((2, 6, 8), [(0, 2)] if reader else ())
-        r = rng.dirichlet(np.ones(plan.sources), size=10)
-        pi = r.mean(axis=0)
-        emission = plan.allowed * rng.dirichlet(np.ones(plan.kinds))[plan.kind] / pi
-        width = model.get_layer("neighbours").width
-        assert (plan.sources, width) == ((33, 48) if reader else (17, 32))
+        plans = [layout((2, 6, 8), [(0, 2)] if reader and not side else ())] + [layout((2, 6, 8), [(0, 2)])] * side
+        views = []
+        for plan in plans:
+            r = rng.dirichlet(np.ones(plan.sources), size=10)
+            views.append((r, r.mean(axis=0), plan.allowed * rng.dirichlet(np.ones(plan.kinds))[plan.kind] / r.mean(axis=0)))
         layer = model.get_layer("neighbours")
+        r, pi, emission = (layer.padded(*parts) for parts in zip(*views))
+        width = layer.width
+        assert ([p.sources for p in plans], width) == (([17, 33], 80) if side else ([33], 48) if reader else ([17], 32))
         if reader:  # and a random correction, so that the reader shows
             layer.set_bank(rng.normal(size=(dim, 4)), rng.normal(size=(10, dim)), r, pi, spread=rng.uniform(0.5, 2, 4))
-            model.get_layer("reader").emission.assign(layer.padded(emission))
+            model.get_layer("reader").emission.assign(emission)
             model.get_layer("reader").kernel.assign(rng.normal(size=(4, width)))
             model.get_layer("reader").bias.assign(rng.normal(size=width))
         else:
@@ -77,13 +84,32 @@ def test_invariant_to_order_and_to_empty_slots(pooling):
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent", "latent-bank"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", *LATENTS])
 def test_empty_set_and_one_image_give_probabilities(pooling):
     model = small_model(pooling)
     one = pack_set(np.ones((1, 8), np.float32), 6)
     empty = np.zeros((6, 9), np.float32)
     out = model(np.stack([one, empty]), training=False)
     assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+
+
+def test_a_side_view_gives_its_traits_and_the_main_view_the_others():
+    """ComboPosterior with side_traits: gender from the side view's Bayes rule, the rest from the main one's."""
+    from profiler.models.set_head import ComboPosterior
+
+    classes = (2, 3)
+    main = np.log([[0.9, 0.1, 0.1, 0.1, 0.1, 0.1]])  # per combination (gender-major), one image
+    side = np.log([[0.1, 0.1, 0.1, 0.2, 0.9, 0.1]])
+    loglike = np.concatenate([main, side], axis=1)[None].astype(np.float32)  # (1 user, 1 image, 12)
+    layer = ComboPosterior(classes, side_traits=[0])
+    gender, other = (np.asarray(p)[0] for p in layer([loglike, np.ones((1, 1), np.float32)]))
+    expect_main, expect_side = np.exp(main[0]) / np.exp(main[0]).sum(), np.exp(side[0]) / np.exp(side[0]).sum()
+    np.testing.assert_allclose(gender, expect_side.reshape(classes).sum(axis=1), rtol=1e-6)  # female 0.3 of 1.5
+    np.testing.assert_allclose(other, expect_main.reshape(classes).sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(gender, [0.2, 0.8], rtol=1e-6)
+    assert layer.get_config()["side_traits"] == [0]
+    with pytest.raises(ValueError, match="latent side traits must be distinct positions of 2 traits"):
+        ComboPosterior(classes, side_traits=[0, 0])
 
 
 def test_pack_set_marks_real_rows_and_chooses_rows():
@@ -95,7 +121,7 @@ def test_pack_set_marks_real_rows_and_chooses_rows():
     assert pack_set(vectors, 2)[:, -1].tolist() == [1, 1]
 
 
-@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", "latent", "latent-bank"])
+@pytest.mark.parametrize("pooling", ["attention", "evidence", "neighbours", *LATENTS])
 def test_save_load_identical(tmp_path, pooling):
     import profiler
     from profiler.models import model_info, save_model
@@ -182,7 +208,7 @@ def test_unknown_encoder_is_a_clean_error(tmp_path):
     assert "encoder must be one of" in result.output and "'efficientnet_lit0'" in result.output
 
 
-@pytest.mark.parametrize("pooling", ["mean", "neighbours", "latent"])
+@pytest.mark.parametrize("pooling", ["mean", "neighbours", "latent", "latent-side"])
 def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     """The set model goes through the same training code: an interrupted run resumes to the same weights."""
     import pandas as pd
@@ -197,8 +223,11 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
+    side = ({"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": '["gender"]'}
+            if pooling == "latent-side" else {})
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "hidden": [4], "dense": [4],
-                                           "cap": 4, "batch_size": 4, "epochs": 3, "set_pooling": pooling})
+                                           "cap": 4, "batch_size": 4, "epochs": 3,
+                                           "set_pooling": pooling.split("-")[0], **side})
     train(embedded, tmp_path / "whole", config, progress=False)
     train(embedded, tmp_path / "again", config, progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -251,7 +280,7 @@ def test_neighbour_evidence_by_hand():
                                rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("pooling", ["neighbours", "latent"])
+@pytest.mark.parametrize("pooling", ["neighbours", "latent", "latent-side"])
 def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(tmp_path, pooling):
     """A bank pooling: training fits the heads on evidence computed once; the saved model reads raw sets."""
     from data_prep.dataset import load_dataset
@@ -264,9 +293,11 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
     data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
+    pairs = ({"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": '["gender"]'}
+             if pooling == "latent-side" else {"latent_pairs": '["gender*occupation"]'})
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
-                                           "epochs": 2, "set_pooling": pooling, "neighbours": 5,
-                                           "latent_neighbours": 5, "latent_pairs": '["gender*occupation"]'})
+                                           "epochs": 2, "set_pooling": pooling.split("-")[0], "neighbours": 5,
+                                           "latent_neighbours": 5, **pairs})
     train(embedded, tmp_path / "run", config, progress=False)
     model = load_model(tmp_path / "run" / "last.keras")
     stage, head = model.fixed_stage()
@@ -275,13 +306,17 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
         assert mapped.vectors.shape == (len(embedded.vectors), 16)
         assert (mapped.vectors >= 0).all()  # evidence: nothing below "says nothing"
     else:  # the sources' log-probabilities (noise, 16 classes, 16 gender-occupation pairs: 33,
-        # padded to 48) and the image on the bank's 8 axes, finite
-        assert mapped.vectors.shape == (len(embedded.vectors), 48 + 8) and np.isfinite(mapped.vectors).all()
-        q = np.exp(mapped.vectors[:, :48])
-        np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
-        assert (q[:, 33:] < 1e-20).all()  # the padding columns: no source
+        # padded to 48; with a side view, the main view's 17 padded to 32 first) and the image on
+        # the bank's 8 axes, finite
+        views = [(0, 33, 48)] if pooling == "latent" else [(0, 17, 32), (32, 33, 48)]
+        width = sum(w for _, _, w in views)
+        assert mapped.vectors.shape == (len(embedded.vectors), width + 8) and np.isfinite(mapped.vectors).all()
+        for start, sources, w in views:
+            q = np.exp(mapped.vectors[:, start:start + w])
+            np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
+            assert (q[:, sources:] < 1e-20).all()  # the padding columns: no source
         # unit spread on the main axes (the tiny encoder's embeddings of plain colours have rank 3 or 4)
-        np.testing.assert_allclose(mapped.vectors[:, 48:51].std(axis=0), 1.0, rtol=0.3)
+        np.testing.assert_allclose(mapped.vectors[:, width:width + 3].std(axis=0), 1.0, rtol=0.3)
     raw = np.stack([pack_set(embedded.user_images(i), 4) for i in range(len(embedded))])
     evidence = np.stack([pack_set(mapped.user_images(i), 4) for i in range(len(mapped))])
     full, fitted = model(raw, training=False), head(evidence, training=False)
@@ -304,7 +339,7 @@ def test_a_user_id_the_submission_format_cannot_carry_is_refused(trained, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.txt"]  # no temporary file left
 
 
-@pytest.mark.parametrize("pooling", ["neighbours", "latent", "latent-bank"])
+@pytest.mark.parametrize("pooling", ["neighbours", *LATENTS])
 def test_a_model_file_claiming_a_huge_bank_is_refused(tmp_path, pooling):
     """A crafted config (a bank of 10^9 images) fails to load with a message, allocating nothing."""
     import json as json_

@@ -178,6 +178,15 @@ def test_config_file_and_validation(tmp_path):
         with pytest.raises(ConfigError, match=r"latent_pairs must be a list of distinct pairs of traits written "
                                               r"'gender\*occupation' \(traits gender, location, occupation\)"):
             resolve("default", overrides={"latent_pairs": bad})
+    # the latent head's side view: its pairs and the traits read from it, both or neither
+    side = resolve("default", overrides={"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": '["gender"]'})
+    assert (side.latent_side_pairs, side.latent_side_traits) == (["gender*occupation"], ["gender"])
+    with pytest.raises(ConfigError, match="latent_side_pairs and latent_side_traits go together: give both or neither"):
+        resolve("default", overrides={"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": "[]"})
+    with pytest.raises(ConfigError, match=r"latent_side_traits must be a list of distinct traits \(gender, location, "
+                                          r"occupation\), not \['gender', 'gender'\]"):
+        resolve("default", overrides={"latent_side_pairs": '["gender*occupation"]',
+                                      "latent_side_traits": '["gender", "gender"]'})
 
 
 def test_training_needs_truth(tmp_path):

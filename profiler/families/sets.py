@@ -118,7 +118,10 @@ class SetFamily(Family):
             neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
                           "k": config.latent_neighbours, "temperature": config.latent_temperature,
                           "reader": config.latent_reader_l2 is not None,
-                          "pairs": [sorted(TRAITS.index(t) for t in pair.split("*")) for pair in config.latent_pairs],
+                          "pairs": _pairs(config.latent_pairs),
+                          **({"side_pairs": _pairs(config.latent_side_pairs),
+                              "side_traits": [TRAITS.index(t) for t in config.latent_side_traits]}
+                             if config.latent_side_traits else {}),
                           "reader_l2": config.latent_reader_l2 or 0.0}
         model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
                             dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
@@ -171,6 +174,11 @@ class SetFamily(Family):
         return SetReader(info, encoder, store)
 
 
+def _pairs(pairs: list[str]) -> list[list[int]]:
+    """Pairs of traits written 'gender*occupation' as pairs of trait positions."""
+    return [sorted(TRAITS.index(t) for t in pair.split("*")) for pair in pairs]
+
+
 def _bank_rows(model, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The training images standardised as the model does, and their principal axes (dim, dims)."""
     from sklearn.decomposition import PCA
@@ -214,7 +222,8 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
 
     ``whiten`` (a shrinkage share, or None): after the EM, the principal axes are whitened
     by the spread within the sources it found (``profiler.models.latent.within_whitening``)
-    and the EM runs again on them; the bank keeps the whitened axes."""
+    and the EM runs again on them; the bank keeps the whitened axes. A layer with a side
+    view (``side_traits``) gets the EM once more on the final axes, with its own pairs."""
     from profiler.models.latent import fit_sources, layout, within_whitening
 
     layer = model.get_layer("neighbours")
@@ -223,7 +232,7 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
     plan = layout(layer.classes, layer.pairs)
 
-    def em(projection):  # the sources found on these axes
+    def em(projection, plan=plan):  # the sources found on these axes
         projected = standard @ projection
         unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
         return projected, fit_sources(unit.astype(np.float64), labels, plan, k=layer.k,
@@ -233,12 +242,18 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     if whiten is not None:
         projection = (projection @ within_whitening(projected, sources.responsibilities, whiten)).astype(np.float32)
         projected, sources = em(projection)
+    views = [sources]
+    if layer.side_traits:  # the side view: the EM again on the same axes, with the side pairs
+        views.append(em(projection, layout(layer.classes, layer.side_pairs))[1])
+    responsibilities = layer.padded(*(v.responsibilities for v in views))
+    pi = layer.padded(*(v.pi for v in views))
+    emission = layer.padded(*(v.emission for v in views))
     if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
         spread = np.maximum(projected.std(axis=0), 1e-6)
-        layer.set_bank(projection, standard, sources.responsibilities, sources.pi, spread=spread)
-        model.get_layer("reader").emission.assign(layer.padded(sources.emission))
+        layer.set_bank(projection, standard, responsibilities, pi, spread=spread)
+        model.get_layer("reader").emission.assign(emission)
     else:
-        layer.set_bank(projection, standard, sources.responsibilities, sources.pi, sources.emission)
+        layer.set_bank(projection, standard, responsibilities, pi, emission)
     if balanced:
         return  # the bias starts at zero
     priors = _class_priors(data, positions)

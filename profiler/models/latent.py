@@ -79,6 +79,18 @@ def check_pairs(pairs, traits: int) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def check_traits(traits, count: int) -> tuple[int, ...]:
+    """``traits`` as sorted distinct trait positions below ``count`` (``ValueError`` otherwise)."""
+    try:
+        out = tuple(sorted(int(t) for t in traits))
+        if len(set(out)) != len(out) or not all(0 <= t < count for t in out):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"latent side traits must be distinct positions of {count} traits, "
+                         f"not {traits!r}"[:300]) from None
+    return out
+
+
 def layout(classes, pairs=()) -> Layout:
     """The sources of traits with ``classes`` classes: noise, then each trait's classes,
     then for each of ``pairs`` (two trait positions) each pair of their classes."""

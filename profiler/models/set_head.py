@@ -237,30 +237,53 @@ class LatentEvidence(NeighbourEvidence):
     ``SourceReader``, which learns to correct the neighbours' reading and holds the emission.
     """
 
-    def __init__(self, *args, alpha: float = 1.0, reader: bool = False, pairs=(), **kwargs):
-        from profiler.models.latent import check_pairs
+    def __init__(self, *args, alpha: float = 1.0, reader: bool = False, pairs=(), side_pairs=(), side_traits=(),
+                 **kwargs):
+        from profiler.models.latent import check_pairs, check_traits
 
         classes = kwargs["classes"] if "classes" in kwargs else args[3]
-        self.pairs = check_pairs(pairs, len(classes))  # before the bank's size checks, which read it
+        # before the bank's size checks, which read them
+        self.pairs = check_pairs(pairs, len(classes))
+        self.side_pairs = check_pairs(side_pairs, len(classes))
+        self.side_traits = check_traits(side_traits, len(classes))
+        if bool(self.side_pairs) != bool(self.side_traits):
+            raise ValueError(f"a side view of the sources needs both its pairs and its traits, not "
+                             f"pairs {side_pairs!r} and traits {side_traits!r}"[:300])
         super().__init__(*args, **kwargs)
         self.alpha, self.reader = float(alpha), bool(reader)
         if not (0 < self.alpha <= 1e6 and self.combos <= 1 << 16 and self.combos * self.width <= MAX_BANK_VALUES):
             raise ValueError(f"latent sources of {self.classes} classes (alpha {self.alpha}) are out of range")
 
-    @property
-    def sources(self) -> int:
+    def _count(self, pairs) -> int:
         """Noise, every trait's classes and every pair's classes (``profiler.models.latent.layout``),
         counted rather than laid out: the bank's size checks read it before the classes are
         known to be in range, and laying out 1024^8 combinations would never end."""
-        return 1 + sum(self.classes) + sum(self.classes[a] * self.classes[b] for a, b in self.pairs)
+        return 1 + sum(self.classes) + sum(self.classes[a] * self.classes[b] for a, b in pairs)
 
     @property
-    def width(self) -> int:
-        """The sources, padded with empty columns to a multiple of 16: the vote sum then runs
+    def sources(self) -> int:
+        """The main view's sources: noise, every trait's classes and every pair's classes."""
+        return self._count(self.pairs)
+
+    @property
+    def blocks(self) -> tuple[tuple[int, int], ...]:
+        """``(sources, padded width)`` of each view of the sources: the main one, then, with
+        ``side_traits``, the side view (with ``side_pairs``), read for those traits only.
+        Each view is padded with empty columns to a multiple of 16: the vote sum then runs
         in whole SIMD packets for every image, so an image's evidence cannot depend on its
         position in a batch (with 17 columns, packets straddle images and the CPU kernels
         round the ones at a packet's tail differently)."""
-        return -(-self.sources // 16) * 16
+        counts = [self.sources] + ([self._count(self.side_pairs)] if self.side_traits else [])
+        return tuple((n, -(-n // 16) * 16) for n in counts)
+
+    @property
+    def width(self) -> int:
+        """Columns of the bank's responsibilities: every view's, padded."""
+        return sum(w for _, w in self.blocks)
+
+    @property
+    def views(self) -> int:
+        return len(self.blocks)
 
     @property
     def combos(self) -> int:
@@ -268,9 +291,9 @@ class LatentEvidence(NeighbourEvidence):
 
     @property
     def out_width(self) -> int:
-        """Columns of each image's output: the combinations, or with ``reader`` the sources'
-        log-probabilities and the projected image."""
-        return self.width + self.dims if self.reader else self.combos
+        """Columns of each image's output: the combinations of every view, or with ``reader``
+        the sources' log-probabilities and the projected image."""
+        return self.width + self.dims if self.reader else self.combos * self.views
 
     def build(self, shape):
         super().build(shape)
@@ -280,21 +303,29 @@ class LatentEvidence(NeighbourEvidence):
             self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros",
                                             trainable=False, name="emission")
 
-    def padded(self, a) -> np.ndarray:
-        """``a`` (..., sources) with empty columns up to ``width``."""
-        a = np.asarray(a, np.float32)
-        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, self.width - self.sources)])
+    def padded(self, *views) -> np.ndarray:
+        """``views`` (each (..., its view's sources)) padded with empty columns to their
+        widths and side by side (``width`` columns)."""
+        if len(views) != self.views:
+            raise ValueError(f"{len(views)} views of the sources given; the layer has {self.views}")
+        return np.concatenate([np.pad(np.asarray(a, np.float32), [(0, 0)] * (np.ndim(a) - 1) + [(0, w - n)])
+                               for a, (n, w) in zip(views, self.blocks)], axis=-1)
 
     def set_bank(self, projection, bank, bank_labels, prior, emission=None, spread=None) -> None:
-        """Fill the bank: ``bank_labels`` (size, sources) the responsibilities, ``prior`` the
-        sources' frequency, ``emission`` (combinations, sources; without ``reader``) or
+        """Fill the bank: ``bank_labels`` (size, width) the responsibilities, ``prior`` the
+        sources' frequency, ``emission`` (combinations, width; without ``reader``) or
         ``spread`` (dims: the training images' standard deviation on each principal axis;
-        with ``reader``); padded here to ``width``."""
-        super().set_bank(projection, bank, self.padded(bank_labels), self.padded(prior))
+        with ``reader``); every view padded and side by side (``padded``; with one view, the
+        sources' columns alone are padded here)."""
+        def full(a):
+            a = np.asarray(a, np.float32)
+            return a if a.shape[-1] == self.width else self.padded(a)
+
+        super().set_bank(projection, bank, full(bank_labels), full(prior))
         if self.reader:
             self.spread.assign(np.asarray(spread, np.float32))
         else:
-            self.emission.assign(self.padded(emission))
+            self.emission.assign(full(emission))
 
     def call(self, x, training=False):
         shape = ops.shape(x)
@@ -304,16 +335,32 @@ class LatentEvidence(NeighbourEvidence):
         if self.reader:
             out = ops.concatenate([ops.log(ops.maximum(q, 1e-30)), z / self.spread], axis=-1)
         else:
-            likelihood = ops.matmul(q, ops.transpose(self.emission))  # (images, combos)
-            out = ops.log(ops.maximum(likelihood, 1e-30))
+            out = view_loglikelihoods(q, self.emission, self.blocks)  # (images, views x combos)
         return ops.reshape(out, (shape[0], shape[1], self.out_width))
 
     def compute_output_shape(self, shape):
         return tuple(shape[:-1]) + (self.out_width,)
 
     def get_config(self):
+        side = ({"side_pairs": [list(pair) for pair in self.side_pairs], "side_traits": list(self.side_traits)}
+                if self.side_traits else {})
         return {**super().get_config(), "alpha": self.alpha, "reader": self.reader,
-                "pairs": [list(pair) for pair in self.pairs]}
+                "pairs": [list(pair) for pair in self.pairs], **side}
+
+
+def view_loglikelihoods(probabilities, emission, blocks):
+    """Each view's log-likelihoods of every combination, side by side: per view, its
+    sources' probabilities (a slice of ``probabilities``, (images, width)) through its
+    slice of ``emission`` (combinations, width)."""
+    if len(blocks) == 1:
+        return ops.log(ops.maximum(ops.matmul(probabilities, ops.transpose(emission)), 1e-30))
+    out, start = [], 0
+    for _, width in blocks:
+        likelihood = ops.matmul(probabilities[..., start:start + width],
+                                ops.transpose(emission[:, start:start + width]))
+        out.append(ops.log(ops.maximum(likelihood, 1e-30)))
+        start += width
+    return ops.concatenate(out, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="profiler")
@@ -332,16 +379,21 @@ class SourceReader(keras.layers.Layer):
     then gives the likelihoods, and the output is their log, as ``LatentEvidence``'s.
     """
 
-    def __init__(self, sources: int, width: int, dims: int, combos: int, l2: float = 1e-3, **kwargs):
+    def __init__(self, sources: int, width: int, dims: int, combos: int, l2: float = 1e-3, blocks=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.sources, self.width, self.dims, self.combos = int(sources), int(width), int(dims), int(combos)
         self.l2 = float(l2)
+        try:  # the views of the sources (LatentEvidence.blocks): (sources, padded width) each
+            self.blocks = tuple((int(n), int(w)) for n, w in (blocks or [(self.sources, self.width)]))
+        except (TypeError, ValueError):
+            self.blocks = ()
         if not (1 <= self.sources <= self.width <= 1 << 12 and 1 <= self.dims <= 1 << 16
                 and 1 <= self.combos <= 1 << 16 and (self.combos + self.dims) * self.width <= MAX_BANK_VALUES
-                and 0 <= self.l2 <= 1e6):
+                and 0 <= self.l2 <= 1e6 and 1 <= len(self.blocks) <= 2 and self.blocks[0][0] == self.sources
+                and all(1 <= n <= w for n, w in self.blocks) and sum(w for _, w in self.blocks) == self.width):
             raise ValueError(f"source reader of {self.sources} sources, {self.dims} dims, {self.combos} "
-                             f"combinations (l2 {self.l2}) is out of range")
+                             f"combinations (l2 {self.l2}, views {blocks!r}) is out of range"[:300])
 
     def build(self, shape):
         self.kernel = self.add_weight(shape=(self.dims, self.width), initializer="zeros", name="kernel",
@@ -350,19 +402,26 @@ class SourceReader(keras.layers.Layer):
         self.emission = self.add_weight(shape=(self.combos, self.width), initializer="zeros", trainable=False,
                                         name="emission")
         # padded columns stay impossible whatever the kernel learns
-        self.closed = np.where(np.arange(self.width) < self.sources, 0.0, -1e9).astype(np.float32)
+        self.closed = np.concatenate([np.where(np.arange(w) < n, 0.0, -1e9) for n, w in self.blocks]).astype(np.float32)
 
     def call(self, x):
         logits = x[..., :self.width] + ops.matmul(x[..., self.width:], self.kernel) + self.bias + self.closed
-        likelihood = ops.matmul(ops.softmax(logits, axis=-1), ops.transpose(self.emission))
-        return ops.log(ops.maximum(likelihood, 1e-30))
+        if len(self.blocks) == 1:
+            likelihood = ops.matmul(ops.softmax(logits, axis=-1), ops.transpose(self.emission))
+            return ops.log(ops.maximum(likelihood, 1e-30))
+        # each view's sources are a distribution of their own
+        cut = self.blocks[0][1]
+        probabilities = ops.concatenate([ops.softmax(logits[..., :cut], axis=-1),
+                                         ops.softmax(logits[..., cut:], axis=-1)], axis=-1)
+        return view_loglikelihoods(probabilities, self.emission, self.blocks)
 
     def compute_output_shape(self, shape):
-        return tuple(shape[:-1]) + (self.combos,)
+        return tuple(shape[:-1]) + (self.combos * len(self.blocks),)
 
     def get_config(self):
+        views = {"blocks": [list(b) for b in self.blocks]} if len(self.blocks) > 1 else {}
         return {**super().get_config(), "sources": self.sources, "width": self.width, "dims": self.dims,
-                "combos": self.combos, "l2": self.l2}
+                "combos": self.combos, "l2": self.l2, **views}
 
 
 @keras.saving.register_keras_serializable(package="profiler")
@@ -375,32 +434,51 @@ class ComboPosterior(keras.layers.Layer):
     frequencies) is added, and the softmax over the
     combinations is summed over the other traits: the Bayes rule over a set. Returns one
     (n, classes) array per trait.
+
+    With ``side_traits`` (trait positions), each image brings a second view's
+    log-likelihoods after the first's (``LatentEvidence``'s side view of the sources); the
+    same rule runs on them, with a scale of their own (``side_scale``) and the same prior,
+    and those traits' probabilities come from it.
     """
 
-    def __init__(self, classes: tuple[int, ...], **kwargs):
+    def __init__(self, classes: tuple[int, ...], side_traits=(), **kwargs):
+        from profiler.models.latent import check_traits
+
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.classes = tuple(int(c) for c in classes)
         if not (1 <= len(self.classes) <= 8 and 1 <= int(np.prod(self.classes)) <= 1 << 16):
             raise ValueError(f"label combinations of {self.classes} classes are out of range")
+        self.side_traits = check_traits(side_traits, len(self.classes))
 
     def build(self, shapes):
         self.bias = self.add_weight(shape=(int(np.prod(self.classes)),), initializer="zeros", name="bias")
         self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+        if self.side_traits:
+            self.side_scale = self.add_weight(shape=(), initializer="ones", name="side_scale")
+
+    def _marginals(self, total, scale):
+        joint = ops.reshape(ops.softmax(scale * total + self.bias, axis=-1), (-1, *self.classes))
+        axes = range(1, len(self.classes) + 1)
+        return [ops.sum(joint, axis=tuple(a for a in axes if a != t + 1)) for t in range(len(self.classes))]
 
     def call(self, inputs):
         loglike, mask = inputs
         m = ops.expand_dims(ops.cast(mask > 0.5, loglike.dtype), -1)  # (n, cap, 1)
-        total = ops.sum(loglike * m, axis=1)  # (n, combos)
-        joint = ops.reshape(ops.softmax(self.scale * total + self.bias, axis=-1), (-1, *self.classes))
-        axes = range(1, len(self.classes) + 1)
-        return [ops.sum(joint, axis=tuple(a for a in axes if a != t + 1)) for t in range(len(self.classes))]
+        total = ops.sum(loglike * m, axis=1)  # (n, views x combos)
+        if not self.side_traits:
+            return self._marginals(total, self.scale)
+        combos = int(np.prod(self.classes))
+        main = self._marginals(total[:, :combos], self.scale)
+        side = self._marginals(total[:, combos:], self.side_scale)
+        return [side[t] if t in self.side_traits else main[t] for t in range(len(self.classes))]
 
     def compute_output_shape(self, shapes):
         return [(shapes[0][0], c) for c in self.classes]
 
     def get_config(self):
-        return {**super().get_config(), "classes": list(self.classes)}
+        side = {"side_traits": list(self.side_traits)} if self.side_traits else {}
+        return {**super().get_config(), "classes": list(self.classes), **side}
 
 
 @keras.saving.register_keras_serializable(package="profiler")
@@ -435,12 +513,14 @@ class SetProfiler(keras.Model):
             layer = bank(dim=dim, classes=classes, name="neighbours", **settings)
             x = layer(x)
             if pooling == "latent" and layer.reader:
-                x = SourceReader(layer.sources, layer.width, layer.dims, layer.combos, name="reader", **reader)(x)
+                x = SourceReader(layer.sources, layer.width, layer.dims, layer.combos, blocks=layer.blocks,
+                                 name="reader", **reader)(x)
         else:
             for i, units in enumerate(hidden, 1):
                 x = keras.layers.Dense(units, activation="relu", name=f"image{i}")(x)
         if pooling == "latent":  # the Bayes rule over the images' log-likelihoods
-            outputs = dict(zip(TRAITS, ComboPosterior(classes, name="posterior")([x, mask])))
+            side = layer.side_traits  # "latent" is a bank pooling: the layer is there
+            outputs = dict(zip(TRAITS, ComboPosterior(classes, side_traits=side, name="posterior")([x, mask])))
         elif pooling in ("evidence", "neighbours"):  # per-image evidence, summed per trait
             if dropout and pooling == "evidence":
                 x = keras.layers.Dropout(dropout, name="image_dropout")(x)
@@ -474,7 +554,8 @@ class SetProfiler(keras.Model):
         self.ood = ood  # recorded after training; see profiler.ood
         self.neighbours = (None if pooling not in BANK_POOLINGS else
                            {k: v for k, v in self.get_layer("neighbours").get_config().items()
-                            if k in ("size", "dims", "k", "temperature", "alpha", "reader", "pairs")})
+                            if k in ("size", "dims", "k", "temperature", "alpha", "reader", "pairs", "side_pairs",
+                                    "side_traits")})
         if self.neighbours and self.neighbours.get("reader"):
             self.neighbours["reader_l2"] = self.get_layer("reader").l2
 
