@@ -79,10 +79,11 @@ class TrainConfig:
     # spread), and run the EM again there (profiler.models.latent.within_whitening); null: not
     latent_whiten: float | None = 0.3
     # "latent" pooling: a side view of the sources, with these pairs, from which the traits in
-    # latent_side_traits are read (the others from the main view): pairs help the trait they
-    # are read for and cost the others (README, "Side view"); both empty: no side view
-    latent_side_pairs: list[str] = field(default_factory=list)
-    latent_side_traits: list[str] = field(default_factory=list)
+    # latent_side_traits are read (the others from the main view): the gender-occupation pairs
+    # help gender and cost occupation when one view serves all (README, "The side view");
+    # both empty ([]): no side view
+    latent_side_pairs: list[str] = field(default_factory=lambda: ["gender*occupation"])
+    latent_side_traits: list[str] = field(default_factory=lambda: ["gender"])
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3

@@ -223,8 +223,7 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
-    side = ({"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": '["gender"]'}
-            if pooling == "latent-side" else {})
+    side = ({} if pooling == "latent-side" else {"latent_side_pairs": "[]", "latent_side_traits": "[]"})
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "hidden": [4], "dense": [4],
                                            "cap": 4, "batch_size": 4, "epochs": 3,
                                            "set_pooling": pooling.split("-")[0], **side})
@@ -294,7 +293,8 @@ def test_a_fixed_first_stage_is_computed_once_and_gives_the_full_models_answer(t
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
     pairs = ({"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": '["gender"]'}
-             if pooling == "latent-side" else {"latent_pairs": '["gender*occupation"]'})
+             if pooling == "latent-side" else
+             {"latent_pairs": '["gender*occupation"]', "latent_side_pairs": "[]", "latent_side_traits": "[]"})
     config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
                                            "epochs": 2, "set_pooling": pooling.split("-")[0], "neighbours": 5,
                                            "latent_neighbours": 5, **pairs})

@@ -179,8 +179,10 @@ def test_config_file_and_validation(tmp_path):
                                               r"'gender\*occupation' \(traits gender, location, occupation\)"):
             resolve("default", overrides={"latent_pairs": bad})
     # the latent head's side view: its pairs and the traits read from it, both or neither
-    side = resolve("default", overrides={"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": '["gender"]'})
+    side = resolve("default")
     assert (side.latent_side_pairs, side.latent_side_traits) == (["gender*occupation"], ["gender"])
+    none = resolve("default", overrides={"latent_side_pairs": "[]", "latent_side_traits": "[]"})
+    assert (none.latent_side_pairs, none.latent_side_traits) == ([], [])
     with pytest.raises(ConfigError, match="latent_side_pairs and latent_side_traits go together: give both or neither"):
         resolve("default", overrides={"latent_side_pairs": '["gender*occupation"]', "latent_side_traits": "[]"})
     with pytest.raises(ConfigError, match=r"latent_side_traits must be a list of distinct traits \(gender, location, "
