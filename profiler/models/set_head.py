@@ -235,6 +235,12 @@ class LatentEvidence(NeighbourEvidence):
     ``log q(z | image)`` (``width`` columns) followed by the image on the bank's principal
     axes divided by their spread over the training images (``dims`` columns): the input of
     ``SourceReader``, which learns to correct the neighbours' reading and holds the emission.
+
+    With ``side_traits``, each bank image carries a second set of responsibilities, over
+    a *side view* of the sources with its own pairs (``side_pairs``), after the main
+    view's: the same neighbours read both, each view gives its own likelihoods
+    (side by side in the output), and ``ComboPosterior`` reads the ``side_traits`` from
+    the side view's and the other traits from the main view's.
     """
 
     def __init__(self, *args, alpha: float = 1.0, reader: bool = False, pairs=(), side_pairs=(), side_traits=(),
@@ -377,6 +383,8 @@ class SourceReader(keras.layers.Layer):
     detail (a woman's and a man's version of one emoji) sit together and their votes
     mix; a direction in ``x`` can tell them apart. ``emission`` (combinations x width)
     then gives the likelihoods, and the output is their log, as ``LatentEvidence``'s.
+    With two views of the sources (``blocks``), each view's columns get a softmax of their
+    own and its slice of the emission, and the views' log-likelihoods come side by side.
     """
 
     def __init__(self, sources: int, width: int, dims: int, combos: int, l2: float = 1e-3, blocks=None, **kwargs):
