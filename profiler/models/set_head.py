@@ -415,12 +415,11 @@ class SourceReader(keras.layers.Layer):
     def call(self, x):
         logits = x[..., :self.width] + ops.matmul(x[..., self.width:], self.kernel) + self.bias + self.closed
         if len(self.blocks) == 1:
-            likelihood = ops.matmul(ops.softmax(logits, axis=-1), ops.transpose(self.emission))
-            return ops.log(ops.maximum(likelihood, 1e-30))
-        # each view's sources are a distribution of their own
-        cut = self.blocks[0][1]
-        probabilities = ops.concatenate([ops.softmax(logits[..., :cut], axis=-1),
-                                         ops.softmax(logits[..., cut:], axis=-1)], axis=-1)
+            probabilities = ops.softmax(logits, axis=-1)
+        else:  # each view's sources are a distribution of their own
+            cut = self.blocks[0][1]
+            probabilities = ops.concatenate([ops.softmax(logits[..., :cut], axis=-1),
+                                             ops.softmax(logits[..., cut:], axis=-1)], axis=-1)
         return view_loglikelihoods(probabilities, self.emission, self.blocks)
 
     def compute_output_shape(self, shape):
