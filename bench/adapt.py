@@ -9,7 +9,7 @@ The default encoder is EfficientNet-Lite2 on the whole image and its centre crop
 float Keras network is cut before its last MBConv block: every image's two views are run
 once up to the cut and the activations cached (9 x 9 x 208 per view, float16, under
 ``--cache``), so that training the top (the last block and the head convolution, 1.2 M
-weights; batch normalisation frozen) costs about 20-40 s an epoch on 2 cores at the
+weights; batch normalisation frozen) costs under a minute an epoch on 2 cores at the
 demo's size. The features are the top's output as the encoder gives them (the average and
 maximum of the final map, averaged over the two views). Each mode trains a fresh copy of
 the top for ``--epochs`` epochs (Adam, ``--lr``) on 80 % of the training users, and after
@@ -29,7 +29,8 @@ new features; its macro-F on the test users is the features' limit:
 - ``lse``: end to end through a smooth maximum (log-mean-exp, sharpness 4) of the
   images' logits per class: a user's score for a class is led by its most telling image.
 
-Results (per mode and epoch, with 95 % bootstrap intervals for the last epoch) go to
+Results (per mode and epoch, with 95 % bootstrap intervals for the last epoch; an epoch's
+``train_s`` includes the probe's refit after it) go to
 ``--out`` (``results/adapt.md`` and ``.json``); the tuning is fixed in advance (no test
 figure chooses anything).
 """
