@@ -129,8 +129,7 @@ class Run:
         rng = np.random.default_rng(seed)
         users = np.unique(meta.user_id.values[self.train])
         held = set(rng.choice(users, len(users) // 5, replace=False))
-        is_val = np.array([u in held for u in meta.user_id.values[self.train]])
-        self.fit, self.val = self.train[~is_val], self.train[is_val]
+        self.fit = self.train[[u not in held for u in meta.user_id.values[self.train]]]
         self.truth = {s: read_truth(data / s / "truth.txt") for s in ("train", "test")}
         self.bayes = read_truth(data / "bayes_rule_test.txt")
 
