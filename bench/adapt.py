@@ -50,6 +50,7 @@ from bench.common import machine
 VIEWS = 2
 BATCH_IMAGES = 64  # images per step (two views each)
 USERS_PER_STEP = 8  # users per step of the end-to-end modes
+MODES = ("oracle", "em", "nb", "lse")
 
 
 def _log(message: str) -> None:
@@ -345,6 +346,9 @@ def main() -> None:
     parser.add_argument("--update", action="store_true",
                         help="keep the other datasets' runs already in --out's .json (a dataset run again is replaced)")
     args = parser.parse_args()
+    unknown = sorted(set(args.modes.split(",")) - set(MODES))
+    if unknown:  # an unknown name would otherwise train as the last end-to-end mode under its own label
+        parser.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
     m = machine()
     kept = json.loads(args.out.with_suffix(".json").read_text()) if args.update and args.out.with_suffix(".json").is_file() else []
     kept = [run for run in kept if run["data"] not in {str(d) for d in args.data}]
