@@ -30,7 +30,7 @@ new features; its macro-F on the test users is the features' limit:
   images' logits per class: a user's score for a class is led by its most telling image.
 
 Results (per mode and epoch, with 95 % bootstrap intervals for the last epoch; an epoch's
-``train_s`` includes the probe's refit after it) go to
+``train_s`` is the training alone) go to
 ``--out`` (``results/adapt.md`` and ``.json``); the tuning is fixed in advance (no test
 figure chooses anything).
 """
@@ -58,20 +58,13 @@ def _log(message: str) -> None:
 
 
 def split_network():
-    """(encoder, bottom, top): Lite2's float network cut before its last block."""
-    from profiler.backend import import_keras
-    from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder, stages
+    """(encoder, bottom, top): a fresh Lite2 float network cut before its last block
+    (``profiler.encoders.adapted.split_network``)."""
+    from profiler.encoders.adapted import split_network as split
+    from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
 
-    keras = import_keras()
     encoder = EfficientNetLite2Encoder()
-    net = encoder.network
-    last = sum(r for r, *_ in stages(2)) - 1
-    cut = net.get_layer(f"blocks.{last}._expand_conv").input
-    top = keras.Model(cut, net.get_layer("features").output)
-    for layer in top.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-    return encoder, keras.Model(net.input, cut), top
+    return (encoder, *split(encoder.network))
 
 
 def cache_activations(data: Path, prefix: Path) -> tuple[np.ndarray, pd.DataFrame]:
@@ -173,45 +166,51 @@ class Run:
         return np.stack([[LABELS[t].index(v) for v in truth.loc[users, t]] for t in TRAITS], axis=1)
 
 
-def em_targets(run: Run, feats: np.ndarray, *, dims: int = 512, k: int = 50, temperature: float = 0.05,
-               whiten: float = 0.3) -> np.ndarray:
+def em_targets(run: Run, feats: np.ndarray) -> np.ndarray:
     """The training images' source responsibilities as the latent head's training finds them."""
-    from sklearn.decomposition import PCA
+    from profiler.encoders.adapted import source_targets
 
-    from core.labels import LABELS, TRAITS
-    from profiler.models.latent import fit_sources, layout, within_whitening
-
-    plan = layout(tuple(len(LABELS[t]) for t in TRAITS))
-    labels = run.user_labels(run.train)
-    x = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
-    axes = PCA(dims, svd_solver="randomized", random_state=0).fit(x).components_.T
-
-    def em(axes):
-        z = x @ axes
-        unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-        return z, fit_sources(unit.astype(np.float64), labels, plan, k=k, temperature=temperature, rounds=4)
-
-    z, sources = em(axes)
-    z, sources = em(axes @ within_whitening(z, sources.responsibilities, whiten))
-    return sources.responsibilities.astype(np.float32)
+    return source_targets(feats, run.user_labels(run.train))
 
 
-def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap: int) -> list[dict]:
-    """Train a fresh top in ``mode``; the probe's reading after every epoch."""
+def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap: int) -> tuple[list[dict], object]:
+    """Train a fresh top in ``mode``; the probe's reading after every epoch, and the top."""
     import tensorflow as tf
 
     from core.labels import LABELS, TRAITS
     from profiler.backend import import_keras
 
     keras = import_keras()
+    _, _, top = split_network()
+    history = []
+    if mode in ("oracle", "em"):
+        from profiler.encoders.adapted import adapt_top
+
+        feats = run.features(top, run.train)
+        for cycle in range(1 if mode == "oracle" else cycles):
+            if mode == "oracle":
+                targets = np.eye(int(run.groups.max()) + 1, dtype=np.float32)[run.groups[run.fit]]
+            else:
+                targets = em_targets(run, feats)[np.searchsorted(run.train, run.fit)]
+            tag = f" cycle {cycle + 1}" if mode == "em" else ""
+
+            def probed(epoch, loss, seconds, tag=tag):
+                nonlocal feats
+                last = epoch == epochs
+                scores, feats = run.probe(top, bootstrap=bootstrap if last else 0)
+                history.append({"epoch": len(history) + 1, "loss": loss, "train_s": seconds, **scores})
+                _log(f"  {mode}{tag} epoch {epoch}: loss {loss:.3f}, probe image acc {scores['image_acc']:.3f}, "
+                     "% ceiling " + " / ".join(f"{scores[t]['ceiling']:.0f}" for t in TRAITS))
+
+            adapt_top(top, run.acts, targets, views=VIEWS, rows=run.fit, epochs=epochs, lr=lr,
+                      batch=BATCH_IMAGES, seed=cycle, on_epoch=probed)
+        return history, top
+
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
-    _, _, top = split_network()
     base = run.features(top, run.fit)
     mu, sd = base.mean(0), base.std(0) + 1e-3
-    position = {i: j for j, i in enumerate(run.train)}
     dim = base.shape[1]
-    history = []
 
     def pooled(a):
         f = top(tf.reshape(a, (-1, *a.shape[2:])), training=True)
@@ -231,38 +230,11 @@ def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap
         for epoch in range(epochs):
             t = time.perf_counter()
             losses = [float(step(*args)) for args in batches()]
-            last = epoch == epochs - 1
-            scores, feats = run.probe(top, bootstrap=bootstrap if last else 0)
-            history.append({"epoch": len(history) + 1, "loss": float(np.mean(losses)),
-                            "train_s": time.perf_counter() - t, **scores})
+            seconds = time.perf_counter() - t
+            scores, _ = run.probe(top, bootstrap=bootstrap if epoch == epochs - 1 else 0)
+            history.append({"epoch": len(history) + 1, "loss": float(np.mean(losses)), "train_s": seconds, **scores})
             _log(f"  {mode}{tag} epoch {epoch + 1}: loss {np.mean(losses):.3f}, probe image acc "
                  f"{scores['image_acc']:.3f}, % ceiling " + " / ".join(f"{scores[t]['ceiling']:.0f}" for t in TRAITS))
-        return feats
-
-    def image_batches(targets):
-        def batches():
-            order = rng.permutation(run.fit)
-            for s in range(0, len(order), BATCH_IMAGES):
-                b = np.sort(order[s:s + BATCH_IMAGES])
-                yield tf.constant(np.asarray(run.acts[b], np.float32)), tf.constant(targets(b))
-        return batches
-
-    if mode in ("oracle", "em"):
-        feats = run.features(top, run.train)
-        for cycle in range(1 if mode == "oracle" else cycles):
-            if mode == "oracle":
-                n = int(run.groups.max()) + 1
-                targets = lambda b: np.eye(n, dtype=np.float32)[run.groups[b]]  # noqa: E731
-            else:
-                resp = em_targets(run, feats)
-                n = resp.shape[1]
-                targets = lambda b, resp=resp: resp[[position[i] for i in b]]  # noqa: E731
-            head = keras.layers.Dense(n)
-            head.build((None, dim))
-            loss_of = lambda a, y, head=head: tf.reduce_mean(  # noqa: E731
-                tf.nn.softmax_cross_entropy_with_logits(y, head(pooled(a))))
-            feats = fit(loss_of, [head], image_batches(targets), f" cycle {cycle + 1}" if mode == "em" else "")
-        return history
 
     # end to end from user labels: batches of users, each padded to the most images a user has
     users = sorted(set(run.meta.user_id.values[run.fit]))
@@ -305,7 +277,42 @@ def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap
             yield tf.constant(a), tf.constant(mask), tf.constant(labels[chosen])
 
     fit(loss_of, heads, batches, "")
-    return history
+    return history, top
+
+
+def model_scores(run: Run, top, label: str, cache: Path) -> dict:
+    """The default set model (latent pooling) trained and scored on ``top``'s features, with the
+    references, as ``bench/science.py`` reads them (95 % bootstrap intervals).
+
+    The features are computed from the cached activations (float16) and put in an embedding
+    store of the bench's own (``cache``/embeddings.sqlite) under the identity of an
+    ``AdaptedEncoder`` of ``top``'s weights (saved as ``cache``/NAME-LABEL.npz), so training
+    and prediction find every image there and the package's code path runs unchanged."""
+    import tempfile
+
+    from bench.science import evaluate
+    from core.labels import TRAITS
+    from profiler.embeddings import EmbeddingStore, content_digest
+    from profiler.encoders.adapted import AdaptedEncoder, save_top
+
+    encoder = AdaptedEncoder(save_top(top, cache / f"{run.data.name}-{label}.npz"))
+    feats = run.features(top, np.arange(len(run.meta)))
+    store_path = cache / "embeddings.sqlite"
+    with EmbeddingStore(store_path) as store:
+        paths = [run.data / r.split / "images" / r.user_id / r.file for r in run.meta.itertuples(index=False)]
+        store.put(encoder.identity, {content_digest(path): v for path, v in zip(paths, feats)})
+    with tempfile.TemporaryDirectory() as work:
+        result = evaluate(run.data, ["latent"], store_path, Path(work), encoder=encoder)
+    ceiling = result["scores"]["Bayes rule (ceiling)"]["traits"]
+    out = {"encoder": encoder.identity, "timings": result["timings"]}
+    for name, scores in result["scores"].items():
+        out[name] = {t: {"F": scores["traits"][t]["F"], "ceiling": 100 * scores["traits"][t]["F"] / ceiling[t]["F"],
+                         "ci95": scores["traits"][t].get("ci95", {}).get("F"),
+                         "accuracy": scores["traits"][t].get("Acc")} for t in TRAITS}
+    _log(f"  model on the {label} top: " + "; ".join(
+        f"{name} " + " / ".join(f"{r[t]['ceiling']:.0f}" for t in TRAITS)
+        for name, r in out.items() if name not in ("encoder", "timings")))
+    return out
 
 
 def render(runs: list[dict]) -> str:
@@ -330,6 +337,21 @@ def render(runs: list[dict]) -> str:
                   f"{run.get('cycles', 2)} cycles), learning rate "
                   f"{run['lr']}; seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in run["timings"].items()) + ".", "",
                   tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False), ""]
+        if run.get("models"):
+            rows = []
+            for top, result in run["models"].items():
+                for name, scores in result.items():
+                    if name in ("encoder", "timings") or name.startswith("Bayes"):
+                        continue
+                    row = {"top": top, "reader": name}
+                    for t in TRAITS:
+                        ci = scores[t].get("ci95")
+                        row[f"{t} F"] = f"{scores[t]['F']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                        row[f"{t} % ceiling"] = f"{scores[t]['ceiling']:.0f}"
+                    rows.append(row)
+            parts += ["The default set model (latent pooling) trained on each top's features, beside the "
+                      "references on the same features (`--model`; the item oracle does not read features):", "",
+                      tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False), ""]
     return "\n".join(parts) + "\n"
 
 
@@ -343,6 +365,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/bench/adapt"),
                         help="folder of the cached activations (one .npy and .csv per dataset)")
     parser.add_argument("--out", type=Path, default=Path("results/adapt.md"))
+    parser.add_argument("--model", action="store_true",
+                        help="also train and score the default set model on the frozen top's features and on "
+                             "those of each oracle or em mode's final top")
     parser.add_argument("--update", action="store_true",
                         help="keep the other datasets' runs already in --out's .json (a dataset run again is replaced)")
     args = parser.parse_args()
@@ -361,14 +386,18 @@ def main() -> None:
         _, _, top = split_network()
         frozen, _ = run.probe(top, bootstrap=1000)
         modes = {"frozen": [{"epoch": 0, "loss": 0.0, **frozen}]}
+        models = {"frozen": model_scores(run, top, "frozen", args.cache)} if args.model else {}
         for mode in args.modes.split(","):
             t = time.perf_counter()
-            modes[mode] = adapt(run, mode, epochs=args.epochs, lr=args.lr, cycles=args.cycles, bootstrap=1000)
+            modes[mode], top = adapt(run, mode, epochs=args.epochs, lr=args.lr, cycles=args.cycles, bootstrap=1000)
             timings[f"{mode}_s"] = time.perf_counter() - t
+            if args.model and mode in ("oracle", "em"):
+                models[mode] = model_scores(run, top, mode, args.cache)
         runs.append({"data": str(data), "machine": f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('features')}",
                      "cycles": args.cycles,
                      "images": {"train": int(len(run.train)), "test": int(len(run.test))},
-                     "epochs": args.epochs, "lr": args.lr, "timings": timings, "modes": modes})
+                     "epochs": args.epochs, "lr": args.lr, "timings": timings, "modes": modes,
+                     **({"models": models} if models else {})})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(kept + runs, indent=1))
         args.out.write_text(render(kept + runs))

@@ -33,7 +33,10 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, encoder_name: str | None = None) -> dict:
+def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, encoder_name: str | None = None,
+             encoder=None) -> dict:
+    """The references and the set model with each of ``poolings`` on ``data``'s test users;
+    ``encoder`` (an encoder object) is used instead of the one named where given."""
     from data_prep.dataset import load_dataset
     from core.labels import TRAITS
     from data_prep.sample.oracle import oracle_submission
@@ -47,7 +50,7 @@ def evaluate(data: Path, poolings: list[str], store_path: Path, work: Path, enco
     from profiler.training import train
 
     base = resolve("default", overrides={"model": "set", **({"encoder": encoder_name} if encoder_name else {})})
-    encoder = get_encoder(base.encoder)
+    encoder = encoder or get_encoder(base.encoder)
     t = time.perf_counter()
     datasets = {split: load_dataset(data / split) for split in ("train", "test")}
     with EmbeddingStore(store_path) as store:

@@ -224,27 +224,19 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     by the spread within the sources it found (``profiler.models.latent.within_whitening``)
     and the EM runs again on them; the bank keeps the whitened axes. A layer with a side
     view (``side_traits``) gets the EM once more on the final axes, with its own pairs."""
-    from profiler.models.latent import fit_sources, layout, within_whitening
+    from profiler.models.latent import layout, whitened_sources
 
     layer = model.get_layer("neighbours")
     standard, projection = _bank_rows(model, rows, seed)
     owner = np.repeat(positions, data.counts[positions])
     labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
-    plan = layout(layer.classes, layer.pairs)
-
-    def em(projection, plan=plan):  # the sources found on these axes
-        projected = standard @ projection
-        unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
-        return projected, fit_sources(unit.astype(np.float64), labels, plan, k=layer.k,
-                                      temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
-
-    projected, sources = em(projection)
-    if whiten is not None:
-        projection = (projection @ within_whitening(projected, sources.responsibilities, whiten)).astype(np.float32)
-        projected, sources = em(projection)
+    settings = dict(k=layer.k, temperature=layer.temperature, alpha=layer.alpha, rounds=rounds)
+    projection, projected, sources = whitened_sources(standard, projection, labels,
+                                                      layout(layer.classes, layer.pairs), whiten=whiten, **settings)
     views = [sources]
     if layer.side_traits:  # the side view: the EM again on the same axes, with the side pairs
-        views.append(em(projection, layout(layer.classes, layer.side_pairs))[1])
+        views.append(whitened_sources(standard, projection, labels, layout(layer.classes, layer.side_pairs),
+                                      **settings)[2])
     responsibilities = layer.padded(*(v.responsibilities for v in views))
     pi = layer.padded(*(v.pi for v in views))
     emission = layer.padded(*(v.emission for v in views))

@@ -195,3 +195,28 @@ def within_whitening(rows: np.ndarray, responsibilities: np.ndarray, shrink: flo
     values, vectors = np.linalg.eigh(scatter)
     axes = vectors / np.sqrt(np.maximum(values, 1e-12 * values.max()))
     return axes[:, np.argsort(-(rows @ axes).var(axis=0), kind="stable")]
+
+
+def whitened_sources(standard: np.ndarray, projection: np.ndarray, labels: np.ndarray, plan: Layout, *,
+                     k: int, temperature: float, alpha: float = 1.0, rounds: int = 5,
+                     whiten: float | None = None) -> tuple[np.ndarray, np.ndarray, Sources]:
+    """The sources of the training images ``standard`` (n, dim; standardised) on the axes
+    ``projection`` (dim, dims): ``fit_sources`` on the projected rows made unit length; with
+    ``whiten`` (a shrinkage share), the axes are then whitened by the spread within the
+    sources found (``within_whitening``) and the EM runs again on them.
+
+    Returns the final axes, the rows projected on them and the sources. Training's
+    ``fill_sources`` and the encoder's adaptation (``profiler.encoders.adapted``) both find
+    the images' sources this way.
+    """
+    def em(projection: np.ndarray) -> tuple[np.ndarray, Sources]:
+        projected = standard @ projection
+        unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+        return projected, fit_sources(unit.astype(np.float64), labels, plan, k=k, temperature=temperature,
+                                      alpha=alpha, rounds=rounds)
+
+    projected, sources = em(projection)
+    if whiten is not None:
+        projection = (projection @ within_whitening(projected, sources.responsibilities, whiten)).astype(np.float32)
+        projected, sources = em(projection)
+    return projection, projected, sources
