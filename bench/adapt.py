@@ -295,7 +295,7 @@ def model_scores(run: Run, top, label: str, cache: Path) -> dict:
     from profiler.embeddings import EmbeddingStore, content_digest
     from profiler.encoders.adapted import AdaptedEncoder, save_top
 
-    encoder = AdaptedEncoder(save_top(top, cache / f"{run.data.name}-{label}.npz"))
+    encoder = AdaptedEncoder.from_file(save_top(top, cache / f"{run.data.name}-{label}.npz"))
     feats = run.features(top, np.arange(len(run.meta)))
     store_path = cache / "embeddings.sqlite"
     with EmbeddingStore(store_path) as store:

@@ -41,6 +41,13 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
                    "Settings: " + ", ".join(field_names()) + ".")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the preset's epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the preset's batch size.")
+@click.option("--adapt-epochs", type=click.IntRange(0, 100), default=None,
+              help="Set model: first adapt the encoder's top to these users for N epochs (EfficientNet-Lite2, "
+                   "whole image and centre crop, in float; its last block trained towards the images' sources "
+                   "that the latent head's EM finds), then train the head on the adapted embeddings. The "
+                   "model file keeps the adapted encoder. Helps with thousands of users (the paper's size), "
+                   "not with hundreds; costs a pass of the network over every image plus N epochs "
+                   "(README)  [default: 0, the frozen encoder]")
 @click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
 @click.option("--size", type=click.IntRange(8, 1024), default=None,
               help="Image size when preparing a dataset  [default: 64]")
@@ -61,7 +68,7 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in RUN_DIR from its last finished epoch.")
 @quiet_option("No progress output.")
-def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, seed, size, cache_dir,
+def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, adapt_epochs, seed, size, cache_dir,
           workers, store_path, imports, allow_missing, distribute, resume, quiet):
     """Train on DATA: a dataset folder (or, for the 3D CNNs, a prepared cache).
 
@@ -90,7 +97,9 @@ def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, s
         if value is not None:
             overrides[key] = value
     models = MODEL_CHOICES[model]
-    configs = {m: resolve(preset, file=config_file, overrides={**overrides, "model": m}) for m in models}
+    adapt = {} if adapt_epochs is None else {"adapt_epochs": adapt_epochs}  # the set model's alone
+    configs = {m: resolve(preset, file=config_file, overrides={**overrides, **(adapt if m == "set" else {}), "model": m})
+               for m in models}
     if imports:
         from profiler.embeddings import EmbeddingStore, import_embeddings
 

@@ -84,6 +84,13 @@ class TrainConfig:
     # both empty ([]): no side view
     latent_side_pairs: list[str] = field(default_factory=lambda: ["gender*occupation"])
     latent_side_traits: list[str] = field(default_factory=lambda: ["gender"])
+    # the set model: epochs of adapting the encoder's top to the training images before the
+    # head trains (profiler.encoders.adapted: EfficientNet-Lite2, whole image and centre crop, in
+    # float, its last block trained towards the images' sources as the latent head's EM finds
+    # them); 0: the frozen encoder named by ``encoder``. Helps at the paper's size, not at the
+    # demo's (README, "Adapting the encoder")
+    adapt_epochs: int = 0
+    adapt_learning_rate: float = 3e-4
     # optimisation
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -131,6 +138,13 @@ class TrainConfig:
             (bool(self.latent_side_pairs) == bool(self.latent_side_traits),
              "latent_side_pairs and latent_side_traits go together: give both or neither"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
+            (isinstance(self.adapt_epochs, int) and 0 <= self.adapt_epochs <= 100 and self.adapt_learning_rate > 0,
+             f"adapt_epochs must be a whole number from 0 to 100 and adapt_learning_rate positive, "
+             f"not {self.adapt_epochs!r} and {self.adapt_learning_rate!r}"),
+            (not self.adapt_epochs or (self.model == "set" and self.encoder in ADAPTABLE),
+             f"adapt_epochs adapts EfficientNet-Lite2's top for the set model (the encoder then is Lite2 "
+             f"on the whole image and its centre crop, in float); it needs model 'set' and encoder one of "
+             f"{ADAPTABLE}, not {self.model!r} and {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -153,6 +167,10 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: the encoders whose views and network an adapted encoder keeps (``adapt_epochs``)
+ADAPTABLE = ("efficientnet_lite2_int8_centre",)
 
 
 def _pairs_ok(pairs) -> bool:

@@ -248,6 +248,8 @@ class EmbeddedData:
         self.files = files
         #: how the embeddings were obtained (the cache's hits and misses), when built here
         self.note = ""
+        #: the adapted encoder's top weights, where the encoder was adapted (a model keeps them)
+        self.encoder_top: list[np.ndarray] | None = None
 
     @classmethod
     def build(cls, dataset: Dataset, encoder, store: EmbeddingStore, *,
@@ -310,8 +312,10 @@ class EmbeddedData:
         inside, outside = stage(self.vectors[rows], training=True), stage(self.vectors[~rows], training=False)
         vectors = np.empty((len(self.vectors), inside.shape[1]), np.float32)
         vectors[rows], vectors[~rows] = inside, outside
-        return EmbeddedData(self.root, self.encoder, vectors.shape[1], self.user_ids, vectors, self.counts,
-                            self._labels, self.skipped, self.files)
+        out = EmbeddedData(self.root, self.encoder, vectors.shape[1], self.user_ids, vectors, self.counts,
+                           self._labels, self.skipped, self.files)
+        out.encoder_top = self.encoder_top
+        return out
 
     def image_users(self) -> np.ndarray:
         """The user position of each row of ``vectors``."""

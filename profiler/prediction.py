@@ -86,7 +86,8 @@ class Predictor:
             from profiler.ood import Scorer
 
             scorer = Scorer(info["ood"])
-        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store), decider,
+        return cls(model, info, family.reader(info, name=str(name), encoder=encoder, store=store, model=model),
+                   decider,
                    family.runner(model), scorer)
 
     def probabilities(self, inputs: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,14 +12,16 @@ the images' activations at the cut, computed once, towards each training image's
 the same EM as training's ``fill_sources``; ``adapt_top``).
 
 ``AdaptedEncoder`` is the default encoder's views (the whole image and its centre crop of
-2/3, averaged) through the float network with an adapted top read from a ``.npz`` file of
-the top's weights (``save_top``; loaded without pickles, every array's shape checked).
-Its identity names the base weights' digest and the top file's, so embeddings of the
-frozen encoder or of another adaptation are never mixed with its own.
+2/3, averaged) through the float network with an adapted top: its weights are kept in the
+model file (``SetProfiler``'s ``encoder_top``) or in a ``.npz`` file (``save_top``; read
+without pickles, every array's shape checked). Its identity names the base weights' digest
+and a digest of the top's weights, so embeddings of the frozen encoder or of another
+adaptation are never mixed with its own.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import zipfile
 from functools import cached_property
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ModelFileError
+from core.labels import LABELS, TRAITS
 from profiler.encoders.base import file_digest
 from profiler.encoders.multicrop import MultiCropEncoder
 
@@ -66,25 +69,44 @@ def save_top(top, path: str | Path) -> Path:
     return path
 
 
-def load_top(top, path: str | Path) -> None:
-    """Set ``top``'s weights from ``path`` (``save_top``'s file); ``ModelFileError`` naming the
-    file if it is not one (no pickles are read; every array's shape and kind is checked)."""
+def read_top(path: str | Path) -> list[np.ndarray]:
+    """The arrays of ``save_top``'s file ``path``; ``ModelFileError`` naming the file if it is
+    not one (no pickles are read; the arrays must be float, finite, named w000, w001, ...)."""
     path = Path(path)
-    expected = [tuple(w.shape) for w in top.weights]
     try:
         with np.load(path, allow_pickle=False) as stored:
             names = sorted(stored.files)
-            arrays = [stored[n] for n in names] if names == [f"w{i:03d}" for i in range(len(expected))] else None
+            arrays = [stored[n] for n in names] if names == [f"w{i:03d}" for i in range(len(names))] else None
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such adapted top weights file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ModelFileError(f"{path}: not an adapted top weights file ({type(exc).__name__}: {exc})"[:400]) from None
-    if arrays is None or [a.shape for a in arrays] != expected or any(a.dtype.kind != "f" for a in arrays):
-        raise ModelFileError(f"{path}: not the weights of EfficientNet-Lite2's top (expected {len(expected)} float "
-                             f"arrays w000... of the top's shapes)")
+    if not arrays or any(a.dtype.kind != "f" for a in arrays):
+        raise ModelFileError(f"{path}: not an adapted top weights file (float arrays w000, w001, ... expected)")
     if not all(np.isfinite(a).all() for a in arrays):
         raise ModelFileError(f"{path}: the adapted top weights hold NaN or infinite values")
-    top.set_weights([a.astype(np.float32) for a in arrays])
+    return [a.astype(np.float32) for a in arrays]
+
+
+def set_top(top, arrays: list[np.ndarray], name: str = "the adapted top weights") -> None:
+    """Give ``top`` the weights ``arrays`` (in ``top.weights`` order), their shapes checked."""
+    expected = [tuple(w.shape) for w in top.weights]
+    if [tuple(np.shape(a)) for a in arrays] != expected:
+        raise ModelFileError(f"{name}: not the weights of EfficientNet-Lite2's top ({len(arrays)} arrays; "
+                             f"expected {len(expected)} of the top's shapes)")
+    top.set_weights([np.asarray(a, np.float32) for a in arrays])
+
+
+def weights_digest(arrays: list[np.ndarray], length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of the arrays' shapes and float32 values."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a, np.float32)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:length]
 
 
 def top_features(top, activations, views: int, *, batch: int = 128) -> np.ndarray:
@@ -171,18 +193,24 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
 
 class AdaptedEncoder(MultiCropEncoder):
     """The default encoder's two views (whole image, centre crop of 2/3) through float
-    EfficientNet-Lite2 whose top's weights are read from ``top_path`` (``save_top``)."""
+    EfficientNet-Lite2 whose top has the weights ``arrays`` (``top.weights`` order; a model
+    file keeps them, ``from_file`` reads ``save_top``'s file)."""
 
-    def __init__(self, top_path: str | Path):
+    name_of = "efficientnet_lite2_adapted"
+
+    def __init__(self, arrays: list[np.ndarray], source: str = "adapted top weights"):
         from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
 
         super().__init__(EfficientNetLite2Encoder(), ("centre",), suffix="adapted")
-        self.top_path = Path(top_path)
+        self.arrays = [np.asarray(a, np.float32) for a in arrays]
+        self.source = source
         self.features = f"{self.features}+top@{CUT_LAYER}"
-        self.description += f"; the top from {CUT_LAYER} adapted to a dataset ({self.top_path.name})"
-        self.top_digest = file_digest(self.top_path) if self.top_path.is_file() else None
-        if self.top_digest is None:
-            raise ModelFileError(f"{self.top_path}: no such adapted top weights file")
+        self.description += f"; the top from {CUT_LAYER} adapted to a dataset"
+        self.top_digest = weights_digest(self.arrays)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "AdaptedEncoder":
+        return cls(read_top(path), str(path))
 
     @cached_property
     def identity(self) -> str:
@@ -190,15 +218,137 @@ class AdaptedEncoder(MultiCropEncoder):
 
     @cached_property
     def top(self):
-        """The network's top, its weights those of ``top_path`` (checked against the digest
-        the identity names, so a file changed since is refused rather than mixed in)."""
+        """The network's top, with the adapted weights."""
         _, top = split_network(self.base.network)
-        if file_digest(self.top_path) != self.top_digest:
-            raise ModelFileError(f"{self.top_path}: changed since this encoder was made "
-                                 f"(its digest was {self.top_digest})")
-        load_top(top, self.top_path)
+        set_top(top, self.arrays, self.source)
         return top
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         self.top  # noqa: B018 - the adapted weights are in the network before it runs
         return super().embed(inputs)
+
+
+class _NoStore:
+    """An embedding store that knows nothing and keeps nothing (``embed_users`` then embeds
+    every image it chooses, each once)."""
+
+    def get(self, encoder, digests):
+        return {}
+
+    def put(self, encoder, entries):
+        pass
+
+
+class _Recorder(MultiCropEncoder):
+    """The two views' activations at the cut, written to the memory map ``rows`` as they are
+    computed; the "embedding" handed back is the image's row, so that ``embed_users`` chooses
+    a user's images exactly as training's embedding does."""
+
+    identity = "activations at the cut (not stored)"
+
+    def __init__(self, base, bottom, rows: np.ndarray):
+        super().__init__(base, ("centre",), suffix="adapted")
+        self.bottom, self.rows, self.count, self.dim = bottom, rows, 0, 1
+        self.name = "efficientnet_lite2 to the cut, for adapting"  # the progress bar's
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        from profiler.batching import padded_chunks
+
+        flat = inputs.reshape(-1, *inputs.shape[2:])
+        out = [np.asarray(self.bottom(chunk, training=False))[:k] for chunk, k in padded_chunks(flat, self.chunk)]
+        n = len(inputs)
+        if self.count + n > len(self.rows):
+            raise RuntimeError("more images than the activations' room")  # the room is counted in advance
+        self.rows[self.count:self.count + n] = np.concatenate(out).reshape(n, self.views, *out[0].shape[1:])
+        self.count += n
+        return np.arange(self.count - n, self.count, dtype=np.float32)[:, None]
+
+
+def adaptation_key(dataset, config) -> str:
+    """What an adaptation depends on: the base weights, the settings, and the dataset's users,
+    labels and files (names, sizes, modification times)."""
+    import hashlib
+    import json
+
+    from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
+
+    h = hashlib.sha256(json.dumps([file_digest(EfficientNetLite2Encoder().weights_path), CUT_LAYER,
+                                   config.adapt_epochs, config.adapt_learning_rate, config.seed,
+                                   config.val_share, max(config.max_images, config.cap),
+                                   [TARGET_DIMS, TARGET_K, TARGET_TEMPERATURE, TARGET_WHITEN, TARGET_ROUNDS]]).encode())
+    for user in dataset.users:
+        h.update(json.dumps([user.user_id, user.labels]).encode())
+        for path in user.files:
+            stat = path.stat()
+            h.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def adapt_encoder(dataset, config, store, *, work: Path, progress: bool = True) -> AdaptedEncoder:
+    """The encoder adapted to ``dataset``'s training users (``config.adapt_epochs`` epochs).
+
+    1. Every image training will read (``embed_users``' choice) is run once through the
+       bottom; the two views' activations at the cut go to a temporary ``.npy`` in ``work``
+       (about 135 kB an image, float32; removed at the end).
+    2. The users are split as training will split them (``split_indices``: the validation
+       users' images are never trained on); the frozen top's embeddings of the training
+       users' images give their sources by the latent head's EM (``source_targets``).
+    3. The top is trained towards them (``adapt_top``) and saved in ``work`` as
+       ``adapted-top-KEY.npz`` (``adaptation_key``), so that ``--resume`` reuses it.
+    4. Every recorded image's adapted embedding goes into ``store`` under the adapted
+       encoder's identity, so training reads them without running the network again.
+    """
+    from profiler.embeddings import EmbeddedData, content_digest, embed_users
+    from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
+    from profiler.training import split_indices
+
+    work = Path(work)
+    saved = work / f"adapted-top-{adaptation_key(dataset, config)}.npz"
+    if saved.is_file():
+        log.info("adapted encoder top reused from %s", saved)
+        return AdaptedEncoder.from_file(saved)
+    base = EfficientNetLite2Encoder()
+    bottom, top = split_network(base.network)
+    max_images = max(config.max_images, config.cap)
+    room = sum(min(len(u.files), max_images) for u in dataset.users)
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = work / f"adapt-activations-{saved.stem[12:]}.npy"
+    try:
+        rows = np.lib.format.open_memmap(scratch, "w+", np.float32,
+                                         (max(room, 1), 2, *bottom.output.shape[1:]))
+        recorder = _Recorder(base, bottom, rows)
+        chosen = embed_users(dataset.users, recorder, _NoStore(), max_images=max_images, progress=progress)
+        kept = [(u, e) for u, e in zip(dataset.users, chosen) if e.count]
+        if not kept:
+            from core.errors import DataError
+
+            raise DataError(f"{dataset.root}: no usable image to adapt the encoder on")
+        order = np.concatenate([e.vectors[:, 0] for _, e in kept]).astype(np.int64)
+        counts = np.array([e.count for _, e in kept])
+        frozen = top_features(top, rows[:recorder.count], 2)[order]
+        labels = {t: np.array([LABELS[t].index(u.labels[t]) for u, _ in kept]) for t in TRAITS}
+        data = EmbeddedData(dataset.root, "frozen top", frozen.shape[1], [u.user_id for u, _ in kept], frozen,
+                            counts, labels)
+        train, _ = split_indices(data, config.val_share, config.seed)
+        images = np.concatenate([np.arange(data.offsets[i], data.offsets[i] + counts[i]) for i in train])
+        owner = np.repeat(train, counts[train])
+        targets = source_targets(frozen[images], np.stack([labels[t][owner] for t in TRAITS], axis=1),
+                                 seed=config.seed)
+
+        def report(epoch, loss, seconds):
+            if progress:
+                print(f"adapting the encoder: epoch {epoch}/{config.adapt_epochs}, loss {loss:.3f} "
+                      f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+        adapt_top(top, rows, targets, views=2, rows=order[images], epochs=config.adapt_epochs,
+                  lr=config.adapt_learning_rate, seed=config.seed, on_epoch=report)
+        encoder = AdaptedEncoder(top.get_weights(), str(saved))
+        adapted = top_features(top, rows[:recorder.count], 2)
+        for user, e in kept:
+            path_of = {p.name: p for p in user.files}
+            store.put(encoder.identity, {content_digest(path_of[name]): adapted[int(row)]
+                                         for name, row in zip(e.used, e.vectors[:, 0])})
+        save_top(top, saved)
+        return encoder
+    finally:
+        scratch.unlink(missing_ok=True)

@@ -126,8 +126,9 @@ class Family(ABC):
         return np.concatenate(rows)
 
     @abstractmethod
-    def reader(self, info: dict, *, name: str = "model", encoder=None, store=None) -> Reader:
-        """The ``Reader`` for a trained model described by ``info`` (``models.io.model_info``)."""
+    def reader(self, info: dict, *, name: str = "model", encoder=None, store=None, model=None) -> Reader:
+        """The ``Reader`` for a trained model described by ``info`` (``models.io.model_info``);
+        ``model`` is the model itself (where it keeps what its reader needs: an adapted encoder)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}: {', '.join(self.models)}>"

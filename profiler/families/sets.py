@@ -81,7 +81,12 @@ class SetFamily(Family):
 
     def training_data(self, source, config, *, cache_dir=None, store=None, workers=None,
                       allow_missing=False, progress=True, encoder=None):
-        """The dataset at ``source`` as image embeddings, through the embedding cache ``store``."""
+        """The dataset at ``source`` as image embeddings, through the embedding cache ``store``.
+
+        With ``config.adapt_epochs``, the encoder's top is first adapted to the dataset's
+        training users (``profiler.encoders.adapted.adapt_encoder``, working in ``cache_dir``)
+        and the embeddings are the adapted encoder's; the data carries its weights
+        (``encoder_top``) for the model to keep."""
         from data_prep.dataset import find_truth, load_dataset
         from profiler.embeddings import EmbeddedData, EmbeddingStore
 
@@ -92,10 +97,23 @@ class SetFamily(Family):
         if find_truth(source) is None:
             raise DataError(f"{source}: no truth.txt, truth.csv or truth.jsonl; training needs labels")
         dataset = load_dataset(source, missing="warn" if allow_missing else "error")
+
+        def build(opened):
+            chosen = encoder
+            if config.adapt_epochs and encoder is None:  # the encoder's top adapted to these users first
+                from profiler.embeddings import default_store_path
+                from profiler.encoders.adapted import adapt_encoder
+
+                work = Path(cache_dir) if cache_dir is not None else default_store_path().parent / "adapt"
+                chosen = adapt_encoder(dataset, config, opened, work=work, progress=progress)
+            data = EmbeddedData.for_training(dataset, config, opened, encoder=chosen, progress=progress)
+            data.encoder_top = getattr(chosen, "arrays", None)
+            return data
+
         if isinstance(store, EmbeddingStore):
-            return EmbeddedData.for_training(dataset, config, store, encoder=encoder, progress=progress)
+            return build(store)
         with EmbeddingStore(store) as opened:
-            return EmbeddedData.for_training(dataset, config, opened, encoder=encoder, progress=progress)
+            return build(opened)
 
     def accepts(self, data):
         from profiler.embeddings import EmbeddedData
@@ -125,7 +143,10 @@ class SetFamily(Family):
                           "reader_l2": config.latent_reader_l2 or 0.0}
         model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
                             dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
-                            mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours)
+                            mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours,
+                            encoder_top=None if data.encoder_top is None else [list(a.shape) for a in data.encoder_top])
+        if data.encoder_top is not None:
+            model.encoder_top.assign(data.encoder_top)
         if config.set_pooling == "neighbours":
             fill_bank(model, data, positions, rows, config.seed)
         elif config.set_pooling == "latent":
@@ -159,11 +180,17 @@ class SetFamily(Family):
     def ood_train_items(self, model, data, positions, config):
         return np.concatenate([data.user_images(int(i)) for i in positions])
 
-    def reader(self, info, *, name="model", encoder=None, store=None):
+    def reader(self, info, *, name="model", encoder=None, store=None, model=None):
         from profiler.embeddings import EmbeddingStore
         from profiler.encoders import get_encoder
 
         needed = info["encoder"]
+        if encoder is None and info.get("encoder_top"):  # the adapted encoder the model keeps
+            from profiler.encoders.adapted import AdaptedEncoder
+
+            if model is None:
+                raise ModelFileError(f"{name}: this model keeps its adapted encoder; load it with the model")
+            encoder = AdaptedEncoder(model.encoder_top_weights(), source=f"{name} (its adapted encoder)")
         encoder = encoder or get_encoder(needed)
         if encoder.identity != needed:
             raise ModelFileError(f"{name}: this model was trained on embeddings from encoder {needed}, "

@@ -154,7 +154,7 @@ class VolumeFamily(Family):
             return dict(zip(TRAITS, out[:len(TRAITS)])), list(joined[:, None, :])
         return run
 
-    def reader(self, info, *, name="model", encoder=None, store=None):
+    def reader(self, info, *, name="model", encoder=None, store=None, model=None):
         return VolumeReader(info)
 
 

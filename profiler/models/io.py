@@ -42,7 +42,8 @@ def model_info(model) -> dict:
     """What a saved model needs at prediction time: its variant, input shape, labels, version.
 
     A 3D CNN's has ``p``, ``height``, ``width`` and ``fit``; a set model's ``cap``,
-    ``encoder``, ``dim`` and ``pooling`` (and ``p``, ``height``, ``width`` None).
+    ``encoder``, ``dim``, ``pooling`` and ``encoder_top`` (whether the model keeps its adapted
+    encoder's top weights) (and ``p``, ``height``, ``width`` None).
     """
     config = model.get_config()
     info = {"variant": config.get("variant"), "p": config.get("p"), "height": config.get("height"),
@@ -51,5 +52,5 @@ def model_info(model) -> dict:
             "profiler_version": config.get("profiler_version"), "decisions": config.get("decisions"), "ood": config.get("ood")}
     if info["variant"] == "set":
         info.update(cap=config["cap"], encoder=config["encoder"], dim=config["dim"],
-                    pooling=config["pooling"])
+                    pooling=config["pooling"], encoder_top=bool(config.get("encoder_top")))
     return info

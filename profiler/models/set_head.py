@@ -489,6 +489,34 @@ class ComboPosterior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="profiler")
+class HeldWeights(keras.layers.Layer):
+    """Arrays of the given ``shapes`` kept with a model (saved and loaded with its weights,
+    never trained, never called): an adapted encoder's top (``profiler.encoders.adapted``)."""
+
+    def __init__(self, shapes=(), **kwargs):
+        super().__init__(trainable=False, **{k: v for k, v in kwargs.items() if k != "trainable"})
+        self.shapes = [[int(d) for d in shape] for shape in shapes]
+        self.held = [self.add_weight(shape=tuple(shape), initializer="zeros", trainable=False, name=f"w{i:03d}")
+                     for i, shape in enumerate(self.shapes)]
+        self.built = True
+
+    def call(self, x):
+        return x
+
+    def assign(self, arrays) -> None:
+        if [list(np.shape(a)) for a in arrays] != self.shapes:
+            raise ValueError("the arrays do not have the held weights' shapes")
+        for variable, value in zip(self.held, arrays):
+            variable.assign(np.asarray(value, np.float32))
+
+    def arrays(self) -> list[np.ndarray]:
+        return [np.asarray(v) for v in self.held]
+
+    def get_config(self):
+        return {**super().get_config(), "shapes": self.shapes}
+
+
+@keras.saving.register_keras_serializable(package="profiler")
 class SetProfiler(keras.Model):
     """Gender, location and occupation from a set of up to ``cap`` image embeddings.
 
@@ -496,7 +524,9 @@ class SetProfiler(keras.Model):
     it was trained on; prediction refuses any other. ``mean`` and ``variance`` are the
     per-dimension statistics of the training embeddings. ``temperatures`` (per trait)
     calibrate the heads' probabilities; the model's outputs are the raw softmax, and
-    prediction applies them.
+    prediction applies them. ``encoder_top`` (the shapes of an adapted encoder's top
+    weights, or None) makes room for those weights in the model (``encoder_top_weights``),
+    so that the model file holds the encoder its embeddings came from.
     """
 
     def __init__(self, dim: int = 1024, cap: int = DEFAULT_CAP, encoder: str = "",
@@ -504,7 +534,8 @@ class SetProfiler(keras.Model):
                  dropout: float = 0.5, pooling: str = "mean", mean=None, variance=None,
                  labels: dict | None = None, profiler_version: str | None = None,
                  neighbours: dict | None = None, temperatures: dict | None = None,
-                 decisions: dict | None = None, ood: dict | None = None, **kwargs):
+                 decisions: dict | None = None, ood: dict | None = None,
+                 encoder_top: list | None = None, **kwargs):
         labels = labels or label_space()
         check_config(labels, temperatures, decisions, ood, dim=dim, cap=cap, hidden=list(hidden), dense=list(dense))
         mean = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
@@ -565,6 +596,11 @@ class SetProfiler(keras.Model):
                                     "side_traits")})
         if self.neighbours and self.neighbours.get("reader"):
             self.neighbours["reader_l2"] = self.get_layer("reader").l2
+        self.encoder_top = None if encoder_top is None else HeldWeights(encoder_top, name="encoder_top")
+
+    def encoder_top_weights(self) -> list[np.ndarray] | None:
+        """The adapted encoder's top weights this model keeps, or None (a frozen encoder)."""
+        return None if self.encoder_top is None else self.encoder_top.arrays()
 
     def fixed_stage(self):
         """``(stage, head)`` where the model starts with a stage that training never changes.
@@ -602,7 +638,8 @@ class SetProfiler(keras.Model):
                 "pooling": self.pooling, "mean": self.mean.tolist(), "variance": self.variance.tolist(),
                 "labels": self.labels, "profiler_version": self.profiler_version,
                 "neighbours": self.neighbours, "temperatures": self.temperatures,
-                "decisions": self.decisions, "ood": self.ood, "name": self.name}
+                "decisions": self.decisions, "ood": self.ood, "name": self.name,
+                **({} if self.encoder_top is None else {"encoder_top": self.encoder_top.shapes})}
 
     @classmethod
     def from_config(cls, config: dict) -> "SetProfiler":
