@@ -141,14 +141,17 @@ def source_targets(features: np.ndarray, labels: np.ndarray, *, dims: int = TARG
 
 
 def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.ndarray | None = None,
-              epochs: int = 3, lr: float = 3e-4, batch: int = 64, seed: int = 0, on_epoch=None) -> list[float]:
+              epochs: int = 3, lr: float = 3e-4, batch: int = 64, seed: int = 0, on_epoch=None,
+              progress: bool = False) -> list[float]:
     """Train ``top`` (in place) for ``epochs`` so that a linear softmax on its embeddings
     (the mean over ``views``, standardised by the frozen top's statistics) predicts the
     soft ``targets`` (n, sources) of the images whose activations are ``activations``
     (n, views, ...), or of ``activations[rows]`` where ``rows`` (sorted) are given (a memory
     map is then read a batch at a time). Adam at ``lr``, ``batch`` images a step in a seeded order.
-    ``on_epoch(epoch, mean_loss, seconds)`` after each epoch. Returns each epoch's mean loss."""
+    ``on_epoch(epoch, mean_loss, seconds)`` after each epoch; ``progress``: a bar of the steps
+    on stderr. Returns each epoch's mean loss."""
     import tensorflow as tf
+    from tqdm import tqdm
 
     from profiler.backend import import_keras
 
@@ -177,6 +180,9 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
         return loss
 
     losses = []
+    steps = -(-len(targets) // batch)
+    bar = tqdm(total=steps * epochs, unit="step", desc="adapting the encoder's top", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
     for epoch in range(epochs):
         t = time.perf_counter()
         order = rng.permutation(len(targets))
@@ -185,9 +191,11 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
             chosen = np.sort(order[s:s + batch])  # sorted: a memory map reads forwards
             done.append(float(step(tf.constant(np.asarray(activations[rows[chosen]], np.float32)),
                                    tf.constant(targets[chosen]))))
+            bar.update(1)
         losses.append(float(np.mean(done)))
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1], time.perf_counter() - t)
+    bar.close()
     return losses
 
 
@@ -336,12 +344,11 @@ def adapt_encoder(dataset, config, store, *, work: Path, progress: bool = True) 
                                  seed=config.seed)
 
         def report(epoch, loss, seconds):
-            if progress:
-                print(f"adapting the encoder: epoch {epoch}/{config.adapt_epochs}, loss {loss:.3f} "
-                      f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+            log.info("adapting the encoder: epoch %d of %d, loss %.3f (%.0f s)", epoch, config.adapt_epochs,
+                     loss, seconds)
 
         adapt_top(top, rows, targets, views=2, rows=order[images], epochs=config.adapt_epochs,
-                  lr=config.adapt_learning_rate, seed=config.seed, on_epoch=report)
+                  lr=config.adapt_learning_rate, seed=config.seed, on_epoch=report, progress=progress)
         encoder = AdaptedEncoder(top.get_weights(), str(saved))
         adapted = top_features(top, rows[:recorder.count], 2)
         for user, e in kept:
