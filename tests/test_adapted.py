@@ -185,6 +185,9 @@ def test_adaptation_is_reused_and_a_failure_leaves_nothing(adapted_run, tmp_path
 
     assert encoder.identity == model_info(load_model(run / "model.keras"))["encoder"]
     monkeypatch.undo()
+    with EmbeddingStore(tmp_path / "s1.sqlite") as store:  # adapted again elsewhere: the same weights
+        again = adapted.adapt_encoder(dataset, config, store, work=tmp_path / "again", progress=False)
+    assert again.identity == encoder.identity
     monkeypatch.setattr(adapted, "adapt_top", fail)  # a failure mid-way: no top saved, no scratch left
     work = tmp_path / "work"
     with EmbeddingStore(tmp_path / "s2.sqlite") as store, pytest.raises(RuntimeError, match="killed"):

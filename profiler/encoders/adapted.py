@@ -155,8 +155,10 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
 
     from profiler.backend import import_keras
 
+    from profiler.training import set_determinism
+
     keras = import_keras()
-    tf.random.set_seed(seed)
+    set_determinism(seed)  # the same weights from the same seed, as training's
     rng = np.random.default_rng(seed)
     rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
     if len(rows) != len(targets):
@@ -165,7 +167,8 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
                             for s in range(0, len(rows), 1024)])
     mu, sd = start.mean(0), start.std(0) + 1e-3
     dim = start.shape[1]
-    head = keras.layers.Dense(targets.shape[1], name="sources")
+    head = keras.layers.Dense(targets.shape[1], name="sources",
+                              kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
     head.build((None, dim))
     variables = top.trainable_variables + head.trainable_variables
     optimizer = keras.optimizers.Adam(lr)
