@@ -3,7 +3,13 @@
 Reproduce with (the sample datasets first, as for ``bench/science.py``):
   profiler sample-data data/science/s0 --users 1000 --seed 0
   .venv/bin/python -m bench.adapt data/science/s0 data/science/s1 [--modes oracle,em,nb,lse] [--epochs 3]
-  (--update: add or replace these datasets' runs and keep the others in --out)
+  (--update: add or replace these datasets' runs and keep the others in --out; --model: also
+  train and score the default set model on the frozen top's and each oracle/em top's features)
+
+The oracle and em modes train the top with the package's own code
+(``profiler.encoders.adapted``: ``adapt_top``, ``source_targets``), as ``profiler train
+--adapt-epochs`` does; here the features come from cached float16 activations and the
+probe is refitted after every epoch.
 
 The default encoder is EfficientNet-Lite2 on the whole image and its centre crop. Here its
 float Keras network is cut before its last MBConv block: every image's two views are run
