@@ -193,3 +193,41 @@ def test_adaptation_is_reused_and_a_failure_leaves_nothing(adapted_run, tmp_path
     with EmbeddingStore(tmp_path / "s2.sqlite") as store, pytest.raises(RuntimeError, match="killed"):
         adapted.adapt_encoder(dataset, config, store, work=work, progress=False)
     assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_a_model_file_claiming_huge_held_weights_is_refused(tmp_path):
+    """A hostile model config cannot make loading allocate gigabytes."""
+    from profiler.models.set_head import HeldWeights
+
+    with pytest.raises(ValueError, match=r"held weights must be at most 1000 arrays of at most 16000000 values"):
+        HeldWeights([[100000, 100000]])
+    with pytest.raises(ValueError, match=r"held weights' shapes must be lists of whole numbers"):
+        HeldWeights([["x"]])
+    with pytest.raises(ValueError, match=r"held weights must be"):
+        HeldWeights([[0, 3]])
+    held = HeldWeights([[2, 3], [4]])
+    held.assign([np.ones((2, 3)), np.arange(4.0)])
+    assert [a.tolist() for a in held.arrays()] == [[[1.0] * 3] * 2, [0.0, 1.0, 2.0, 3.0]]
+    with pytest.raises(ValueError, match="the arrays do not have the held weights' shapes"):
+        held.assign([np.ones((3, 2)), np.arange(4.0)])
+
+
+def test_a_diverging_adaptation_is_an_error_not_a_model(tmp_path, monkeypatch):
+    import profiler.encoders.adapted as adapted
+    from data_prep.dataset import load_dataset
+    from profiler.config import resolve
+    from profiler.embeddings import EmbeddingStore
+
+    def diverge(top, *args, **kwargs):  # what a too large learning rate ends in
+        weights = top.get_weights()
+        weights[0][...] = np.nan
+        top.set_weights(weights)
+
+    monkeypatch.setattr(adapted, "adapt_top", diverge)
+    data = make_dataset(tmp_path / "d", {f"u{i:02d}": 2 for i in range(8)}, size=(40, 40))
+    config = resolve("default", overrides={"model": "set", "adapt_epochs": 1, "adapt_learning_rate": 0.5})
+    with EmbeddingStore(tmp_path / "s.sqlite") as store, pytest.raises(
+            ConfigError, match=r"adapting the encoder diverged .* at learning rate 0.5; try a smaller "
+                               r"adapt_learning_rate"):
+        adapted.adapt_encoder(load_dataset(data), config, store, work=tmp_path / "w", progress=False)
+    assert list((tmp_path / "w").iterdir()) == []  # no top kept, no scratch left

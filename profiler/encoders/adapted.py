@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ModelFileError
+from core.errors import ConfigError, ModelFileError
 from core.labels import LABELS, TRAITS
 from profiler.encoders.base import file_digest
 from profiler.encoders.multicrop import MultiCropEncoder
@@ -352,6 +352,9 @@ def adapt_encoder(dataset, config, store, *, work: Path, progress: bool = True) 
 
         adapt_top(top, rows, targets, views=2, rows=order[images], epochs=config.adapt_epochs,
                   lr=config.adapt_learning_rate, seed=config.seed, on_epoch=report, progress=progress)
+        if not all(np.isfinite(w).all() for w in top.get_weights()):
+            raise ConfigError(f"adapting the encoder diverged (its weights are no longer finite) at learning "
+                              f"rate {config.adapt_learning_rate}; try a smaller adapt_learning_rate")
         encoder = AdaptedEncoder(top.get_weights(), str(saved))
         adapted = top_features(top, rows[:recorder.count], 2)
         for user, e in kept:

@@ -493,9 +493,20 @@ class HeldWeights(keras.layers.Layer):
     """Arrays of the given ``shapes`` kept with a model (saved and loaded with its weights,
     never trained, never called): an adapted encoder's top (``profiler.encoders.adapted``)."""
 
+    #: the most values a model may hold this way (a hostile file must not claim gigabytes)
+    MAX_VALUES = 16_000_000
+
     def __init__(self, shapes=(), **kwargs):
         super().__init__(trainable=False, **{k: v for k, v in kwargs.items() if k != "trainable"})
-        self.shapes = [[int(d) for d in shape] for shape in shapes]
+        try:
+            self.shapes = [[int(d) for d in shape] for shape in shapes]
+        except (TypeError, ValueError):
+            raise ValueError(f"held weights' shapes must be lists of whole numbers, not {shapes!r}"[:300]) from None
+        sizes = [int(np.prod(shape)) if all(0 < d <= self.MAX_VALUES for d in shape) and len(shape) <= 8 else -1
+                 for shape in self.shapes]
+        if len(sizes) > 1000 or min(sizes, default=0) < 0 or sum(sizes) > self.MAX_VALUES:
+            raise ValueError(f"held weights must be at most 1000 arrays of at most {self.MAX_VALUES} values "
+                             "in all, each of 1 to 8 positive dimensions")
         self.held = [self.add_weight(shape=tuple(shape), initializer="zeros", trainable=False, name=f"w{i:03d}")
                      for i, shape in enumerate(self.shapes)]
         self.built = True
