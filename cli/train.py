@@ -45,9 +45,9 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
               help="Set model: first adapt the encoder's top to these users for N epochs (EfficientNet-Lite2, "
                    "whole image and centre crop, in float; its last block trained towards the images' sources "
                    "that the latent head's EM finds), then train the head on the adapted embeddings. The "
-                   "model file keeps the adapted encoder. Helps with thousands of users (the paper's size), "
-                   "not with hundreds; costs a pass of the network over every image plus N epochs "
-                   "(README)  [default: 0, the frozen encoder]")
+                   "model file keeps the adapted encoder. Experimental: it raises what the features allow "
+                   "at the paper's size, but the default head has not gained from it reliably, and it costs "
+                   "4-5x the training time (README)  [default: 0, the frozen encoder]")
 @click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
 @click.option("--size", type=click.IntRange(8, 1024), default=None,
               help="Image size when preparing a dataset  [default: 64]")

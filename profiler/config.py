@@ -87,8 +87,8 @@ class TrainConfig:
     # the set model: epochs of adapting the encoder's top to the training images before the
     # head trains (profiler.encoders.adapted: EfficientNet-Lite2, whole image and centre crop, in
     # float, its last block trained towards the images' sources as the latent head's EM finds
-    # them); 0: the frozen encoder named by ``encoder``. Helps at the paper's size, not at the
-    # demo's (README, "Adapting the encoder")
+    # them); 0: the frozen encoder named by ``encoder``. Experimental: it raises the instance
+    # probe at the paper's size but not reliably the head (README, "Adapting the encoder")
     adapt_epochs: int = 0
     adapt_learning_rate: float = 3e-4
     # optimisation

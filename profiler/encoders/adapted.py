@@ -3,8 +3,10 @@
 The frozen ImageNet encoder caps what any reader of its embeddings can get (the instance
 probe's figures in the README). Adapting its top to the dataset's images raises that cap
 where there are enough users (``bench/adapt.py``: at the paper's size the probe's share of
-the Bayes rule rose from 90 / 93 / 83 % to 94 / 98 / 88 % in three epochs; at the demo's
-size no target a model can get from user labels helped). The network is cut before its
+the Bayes rule rose by 2-8 points in three epochs on two seeds; at the demo's size no
+target a model can get from user labels helped), but the default head on the adapted
+embeddings has not followed: +1 to +4 points on gender, up to -6 on occupation
+(``results/adapt.md``). Experimental, off by default (``train --adapt-epochs``). The network is cut before its
 last MBConv block (``split_network``: the bottom, frozen, and the top, the last block and
 the head convolution, 1.2 M weights, batch normalisation frozen); the top is trained on
 the images' activations at the cut, computed once, towards each training image's
