@@ -148,15 +148,14 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
     """Train ``top`` (in place) for ``epochs`` so that a linear softmax on its embeddings
     (the mean over ``views``, standardised by the frozen top's statistics) predicts the
     soft ``targets`` (n, sources) of the images whose activations are ``activations``
-    (n, views, ...), or of ``activations[rows]`` where ``rows`` (sorted) are given (a memory
-    map is then read a batch at a time). Adam at ``lr``, ``batch`` images a step in a seeded order.
+    (n, views, ...), or of ``activations[rows]`` where ``rows`` are given (a memory map is
+    then read a batch at a time). Adam at ``lr``, ``batch`` images a step in a seeded order.
     ``on_epoch(epoch, mean_loss, seconds)`` after each epoch; ``progress``: a bar of the steps
     on stderr. Returns each epoch's mean loss."""
     import tensorflow as tf
     from tqdm import tqdm
 
     from profiler.backend import import_keras
-
     from profiler.training import set_determinism
 
     keras = import_keras()
@@ -193,7 +192,7 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
         order = rng.permutation(len(targets))
         done = []
         for s in range(0, len(order), batch):
-            chosen = np.sort(order[s:s + batch])  # sorted: a memory map reads forwards
+            chosen = np.sort(order[s:s + batch])
             done.append(float(step(tf.constant(np.asarray(activations[rows[chosen]], np.float32)),
                                    tf.constant(targets[chosen]))))
             bar.update(1)
@@ -208,8 +207,6 @@ class AdaptedEncoder(MultiCropEncoder):
     """The default encoder's two views (whole image, centre crop of 2/3) through float
     EfficientNet-Lite2 whose top has the weights ``arrays`` (``top.weights`` order; a model
     file keeps them, ``from_file`` reads ``save_top``'s file)."""
-
-    name_of = "efficientnet_lite2_adapted"
 
     def __init__(self, arrays: list[np.ndarray], source: str = "adapted top weights"):
         from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
