@@ -50,9 +50,12 @@ def kill_times(seed: int, low: float, high: float, n: int = 2) -> list[float]:
 
 
 def test_prepare_killed_then_rerun(data, tmp_path):
+    start = time.perf_counter()
     run(["prepare", data, "--out-dir", tmp_path / "whole", "--size", 16, "-q", "-j", 1])
+    took = time.perf_counter() - start  # 0.7 s where kill_times was measured; a CI run once outran 0.6 s
     killed = 0
-    for k, delay in enumerate(kill_times(1, 0.1, 0.6)):
+    # moments within the run on this machine (fixed seconds outlived a fast machine's run)
+    for k, delay in enumerate(kill_times(1, 0.15 * took, 0.85 * took)):
         out = tmp_path / f"cut{k}"
         killed += run(["prepare", data, "--out-dir", out, "--size", 16, "-q", "-j", 1], kill_after=delay) is None
         if out.exists():  # renamed into place only when complete
@@ -99,9 +102,11 @@ def test_predict_killed_keeps_the_old_output(data, tmp_path):
     model = save_model(Cnn3dProfiler("model1", filters=(4,) * 4, height=16, width=16, dense=(8,)),
                        tmp_path / "m.keras")
     args = ["predict", data, "--model", model, "--format", "csv", "-q", "-j", 1]
+    start = time.perf_counter()
     run(args + ["-o", tmp_path / "whole.csv"])
+    took = time.perf_counter() - start  # 6 s where kill_times was measured
     killed = 0
-    for k, delay in enumerate(kill_times(3, 3.0, 6.0)):
+    for k, delay in enumerate(kill_times(3, 0.5 * took, 0.9 * took)):  # within this machine's run
         out = tmp_path / f"cut{k}.csv"
         out.write_text("the previous output\n")
         killed += run(args + ["-o", out], kill_after=delay) is None
