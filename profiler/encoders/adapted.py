@@ -144,14 +144,15 @@ def source_targets(features: np.ndarray, labels: np.ndarray, *, dims: int = TARG
 
 def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.ndarray | None = None,
               epochs: int = 3, lr: float = 3e-4, batch: int = 64, seed: int = 0, on_epoch=None,
-              progress: bool = False) -> list[float]:
+              progress: bool = False, frozen: np.ndarray | None = None) -> list[float]:
     """Train ``top`` (in place) for ``epochs`` so that a linear softmax on its embeddings
     (the mean over ``views``, standardised by the frozen top's statistics) predicts the
     soft ``targets`` (n, sources) of the images whose activations are ``activations``
     (n, views, ...), or of ``activations[rows]`` where ``rows`` are given (a memory map is
     then read a batch at a time). Adam at ``lr``, ``batch`` images a step in a seeded order.
     ``on_epoch(epoch, mean_loss, seconds)`` after each epoch; ``progress``: a bar of the steps
-    on stderr. Returns each epoch's mean loss."""
+    on stderr; ``frozen``: the frozen top's embeddings of those images, where the caller has
+    them (computed here otherwise). Returns each epoch's mean loss."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -164,8 +165,8 @@ def adapt_top(top, activations, targets: np.ndarray, *, views: int, rows: np.nda
     rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
     if len(rows) != len(targets):
         raise ValueError(f"{len(targets)} targets for {len(rows)} images")
-    start = np.concatenate([top_features(top, activations[rows[s:s + 1024]], views)
-                            for s in range(0, len(rows), 1024)])
+    start = frozen if frozen is not None else np.concatenate(
+        [top_features(top, activations[rows[s:s + 1024]], views) for s in range(0, len(rows), 1024)])
     mu, sd = start.mean(0), start.std(0) + 1e-3
     dim = start.shape[1]
     head = keras.layers.Dense(targets.shape[1], name="sources",
@@ -350,7 +351,8 @@ def adapt_encoder(dataset, config, store, *, work: Path, progress: bool = True) 
                      loss, seconds)
 
         adapt_top(top, rows, targets, views=2, rows=order[images], epochs=config.adapt_epochs,
-                  lr=config.adapt_learning_rate, seed=config.seed, on_epoch=report, progress=progress)
+                  lr=config.adapt_learning_rate, seed=config.seed, on_epoch=report, progress=progress,
+                  frozen=frozen[images])
         if not all(np.isfinite(w).all() for w in top.get_weights()):
             raise ConfigError(f"adapting the encoder diverged (its weights are no longer finite) at learning "
                               f"rate {config.adapt_learning_rate}; try a smaller adapt_learning_rate")
