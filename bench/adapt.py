@@ -142,7 +142,7 @@ class Run:
         return np.concatenate(out)
 
     def probe(self, top, bootstrap: int = 0) -> tuple[dict, np.ndarray]:
-        """The instance probe on ``top``'s features: (scores, the training images' features)."""
+        """The instance probe on ``top``'s features: (scores, every image's features)."""
         from core.labels import LABELS, TRAITS
         from data_prep.sample.probe import InstanceProbe
         from profiler import evaluation
@@ -161,7 +161,7 @@ class Run:
             r = scores["traits"][t]
             out[t] = {"F": r["F"], "ceiling": 100 * r["F"] / ceiling["traits"][t]["F"],
                       **({"ci95": r["ci95"]["F"]} if bootstrap else {})}
-        return out, feats[self.train]
+        return out, feats
 
     def user_labels(self, idx: np.ndarray) -> np.ndarray:
         """(n, traits) class indices of the users owning training images ``idx``."""
@@ -179,8 +179,10 @@ def em_targets(run: Run, feats: np.ndarray) -> np.ndarray:
     return source_targets(feats, run.user_labels(run.train))
 
 
-def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap: int) -> tuple[list[dict], object]:
-    """Train a fresh top in ``mode``; the probe's reading after every epoch, and the top."""
+def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int,
+          bootstrap: int) -> tuple[list[dict], object, np.ndarray | None]:
+    """Train a fresh top in ``mode``; the probe's reading after every epoch, the top, and
+    (oracle and em) every image's features through the final top, as the last probe read them."""
     import tensorflow as tf
 
     from core.labels import LABELS, TRAITS
@@ -192,7 +194,7 @@ def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap
     if mode in ("oracle", "em"):
         from profiler.encoders.adapted import adapt_top
 
-        feats = run.features(top, run.train)
+        feats, every = run.features(top, run.train), None
         for cycle in range(1 if mode == "oracle" else cycles):
             if mode == "oracle":
                 targets = np.eye(int(run.groups.max()) + 1, dtype=np.float32)[run.groups[run.fit]]
@@ -201,16 +203,17 @@ def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap
             tag = f" cycle {cycle + 1}" if mode == "em" else ""
 
             def probed(epoch, loss, seconds, tag=tag):
-                nonlocal feats
+                nonlocal feats, every
                 last = epoch == epochs
-                scores, feats = run.probe(top, bootstrap=bootstrap if last else 0)
+                scores, every = run.probe(top, bootstrap=bootstrap if last else 0)
+                feats = every[run.train]
                 history.append({"epoch": len(history) + 1, "loss": loss, "train_s": seconds, **scores})
                 _log(f"  {mode}{tag} epoch {epoch}: loss {loss:.3f}, probe image acc {scores['image_acc']:.3f}, "
                      "% ceiling " + " / ".join(f"{scores[t]['ceiling']:.0f}" for t in TRAITS))
 
             adapt_top(top, run.acts, targets, views=VIEWS, rows=run.fit, epochs=epochs, lr=lr,
                       batch=BATCH_IMAGES, seed=cycle, on_epoch=probed)
-        return history, top
+        return history, top, every
 
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
@@ -283,11 +286,12 @@ def adapt(run: Run, mode: str, *, epochs: int, lr: float, cycles: int, bootstrap
             yield tf.constant(a), tf.constant(mask), tf.constant(labels[chosen])
 
     fit(loss_of, heads, batches, "")
-    return history, top
+    return history, top, None
 
 
-def model_scores(run: Run, top, label: str, cache: Path) -> dict:
-    """The default set model (latent pooling) trained and scored on ``top``'s features, with the
+def model_scores(run: Run, top, label: str, cache: Path, feats: np.ndarray) -> dict:
+    """The default set model (latent pooling) trained and scored on ``top``'s features ``feats``
+    (every image's, as ``Run.probe`` gives them), with the
     references, as ``bench/science.py`` reads them (95 % bootstrap intervals).
 
     The features are computed from the cached activations (float16) and put in an embedding
@@ -302,7 +306,6 @@ def model_scores(run: Run, top, label: str, cache: Path) -> dict:
     from profiler.encoders.adapted import AdaptedEncoder, save_top
 
     encoder = AdaptedEncoder.from_file(save_top(top, cache / f"{run.data.name}-{label}.npz"))
-    feats = run.features(top, np.arange(len(run.meta)))
     store_path = cache / "embeddings.sqlite"
     with EmbeddingStore(store_path) as store:
         paths = [run.data / r.split / "images" / r.user_id / r.file for r in run.meta.itertuples(index=False)]
@@ -390,15 +393,16 @@ def main() -> None:
         timings = {"cache_s": time.perf_counter() - t}
         run = Run(data, acts, meta)
         _, _, top = split_network()
-        frozen, _ = run.probe(top, bootstrap=1000)
+        frozen, every = run.probe(top, bootstrap=1000)
         modes = {"frozen": [{"epoch": 0, "loss": 0.0, **frozen}]}
-        models = {"frozen": model_scores(run, top, "frozen", args.cache)} if args.model else {}
+        models = {"frozen": model_scores(run, top, "frozen", args.cache, every)} if args.model else {}
         for mode in args.modes.split(","):
             t = time.perf_counter()
-            modes[mode], top = adapt(run, mode, epochs=args.epochs, lr=args.lr, cycles=args.cycles, bootstrap=1000)
+            modes[mode], top, every = adapt(run, mode, epochs=args.epochs, lr=args.lr, cycles=args.cycles,
+                                            bootstrap=1000)
             timings[f"{mode}_s"] = time.perf_counter() - t
             if args.model and mode in ("oracle", "em"):
-                models[mode] = model_scores(run, top, mode, args.cache)
+                models[mode] = model_scores(run, top, mode, args.cache, every)
         runs.append({"data": str(data), "machine": f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('features')}",
                      "cycles": args.cycles,
                      "images": {"train": int(len(run.train)), "test": int(len(run.test))},
