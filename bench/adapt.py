@@ -76,6 +76,7 @@ def split_network():
 def cache_activations(data: Path, prefix: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """Every sample image's activations at the cut, (n, 2, 9, 9, 208) float16, and its
     split, user, file and item; computed once into ``prefix``.npy / .csv."""
+    from core.io import atomic_path, atomic_write_text
     from data_prep.images import open_rgb
     from profiler.encoders.multicrop import views
 
@@ -107,9 +108,11 @@ def cache_activations(data: Path, prefix: Path) -> tuple[np.ndarray, pd.DataFram
             _log(f"  {data}: cached {k} of {len(manifest)} images ({time.perf_counter() - t:.0f} s)")
     if batch:
         flush()
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    np.save(prefix.with_suffix(".npy"), np.concatenate(acts))
-    pd.DataFrame(rows, columns=["split", "user_id", "file", "item"]).to_csv(prefix.with_suffix(".csv"), index=False)
+    # each file written whole or not at all, the .csv last: a killed run leaves no cache that loads
+    with atomic_path(prefix.with_suffix(".npy"), suffix=".npy") as tmp:
+        np.save(tmp, np.concatenate(acts))
+    atomic_write_text(prefix.with_suffix(".csv"),
+                      pd.DataFrame(rows, columns=["split", "user_id", "file", "item"]).to_csv(index=False))
     return cache_activations(data, prefix)
 
 
@@ -383,6 +386,8 @@ def main() -> None:
     unknown = sorted(set(args.modes.split(",")) - set(MODES))
     if unknown:  # an unknown name would otherwise train as the last end-to-end mode under its own label
         parser.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    from core.io import atomic_write_text
+
     m = machine()
     kept = json.loads(args.out.with_suffix(".json").read_text()) if args.update and args.out.with_suffix(".json").is_file() else []
     kept = [run for run in kept if run["data"] not in {str(d) for d in args.data}]
@@ -408,9 +413,8 @@ def main() -> None:
                      "images": {"train": int(len(run.train)), "test": int(len(run.test))},
                      "epochs": args.epochs, "lr": args.lr, "timings": timings, "modes": modes,
                      **({"models": models} if models else {})})
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(kept + runs, indent=1))
-        args.out.write_text(render(kept + runs))
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(kept + runs, indent=1))
+        atomic_write_text(args.out, render(kept + runs))
     print(args.out.read_text())
 
 
