@@ -67,6 +67,13 @@ class TrainConfig:
     latent_neighbours: int = 50  # "latent" pooling: training images whose sources each image reads
     latent_temperature: float = 0.05  # their vote weights, as neighbour_temperature
     latent_rounds: int = 4  # EM rounds over the training images' sources (profiler.models.latent)
+    # "latent" pooling: the EM's first round reads each image's neighbours' *labels*, a
+    # neighbour whose user may not post a source counting against it, each neighbour the
+    # same item with this probability (profiler.models.latent.label_reading), the neighbours
+    # weighted with latent_start_temperature; null: the plain start (README, "Which gap holds
+    # occupation")
+    latent_start_trust: float | None = None
+    latent_start_temperature: float = 0.2
     # L2 penalty of the "latent" pooling's learnt correction of the neighbours' reading
     # (set_head.SourceReader); null: no correction, the sources as the neighbours read them
     latent_reader_l2: float | None = 1e-3
@@ -119,6 +126,11 @@ class TrainConfig:
              "neighbours and neighbour_dims must be at least 1 and neighbour_temperature positive"),
             (self.latent_neighbours >= 1 and self.latent_rounds >= 1 and self.latent_temperature > 0,
              "latent_neighbours and latent_rounds must be at least 1 and latent_temperature positive"),
+            (self.latent_start_trust is None or (isinstance(self.latent_start_trust, (int, float))
+                                                 and 0 < self.latent_start_trust < 1),
+             f"latent_start_trust must be null or a number between 0 and 1, not {self.latent_start_trust!r}"),
+            (isinstance(self.latent_start_temperature, (int, float)) and self.latent_start_temperature > 0,
+             f"latent_start_temperature must be a positive number, not {self.latent_start_temperature!r}"),
             (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
                                                and 0 <= self.latent_reader_l2 <= 1e6),
              f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),
@@ -196,7 +208,7 @@ PRESETS: dict[str, dict] = {
 
 
 #: number fields that may also be null (``null``, ``none`` or ``off`` on the command line)
-NULLABLE = ("latent_reader_l2", "latent_whiten")
+NULLABLE = ("latent_reader_l2", "latent_whiten", "latent_start_trust")
 
 
 def field_names() -> list[str]:
@@ -207,8 +219,8 @@ def _coerce(key: str, value):
     """Turn a command-line string into the type of field ``key``."""
     if not isinstance(value, str):
         return value
-    if key in NULLABLE and value.lower() in ("null", "none", "off"):
-        return None
+    if key in NULLABLE:
+        return None if value.lower() in ("null", "none", "off") else float(value)
     default = TrainConfig().__getattribute__(key)
     if isinstance(default, bool):
         if value.lower() in ("1", "true", "yes", "on"):

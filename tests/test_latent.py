@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from profiler.models.latent import (check_pairs, fit_sources, layout, nearest, read_sources, start_theta,
-                                   within_whitening)
+from profiler.models.latent import (check_pairs, fit_sources, label_reading, layout, nearest, read_sources,
+                                   start_theta, within_whitening)
 
 
 def test_layout_lists_noise_then_each_traits_classes():
@@ -144,3 +144,55 @@ def test_within_whitening_makes_an_images_neighbours_its_own_sources():
     before = own(rows)
     after = own(rows @ within_whitening(rows, np.eye(2)[source], 0.1))
     assert before == pytest.approx(0.818, abs=0.001) and after == pytest.approx(0.967, abs=0.001)
+
+
+def test_label_reading_by_hand():
+    """Sources noise, A, B; users may post A (images 0, 1, 3) or B (image 2): shares 1, 3/4, 1/4.
+    Image 0 reads neighbours 1 (may post A) and 2 (may post B), both with weight 1, trust 1/2:
+    A: (1/2 / (3/4) + 1/2) * (0 + 1/2) = 7/12; B: (1/2) * (1/2 / (1/4) + 1/2) = 5/4; noise 1."""
+    allowed = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 1], [1, 1, 0]], float)
+    q = label_reading(allowed, np.array([[1, 2]]), np.array([[1.0, 1.0]]), 0.5)
+    assert q == pytest.approx(np.array([[1.0, 7 / 12, 5 / 4]]))
+    # a neighbour of half weight counts half in the exponent; the ratios are capped at e^30
+    q = label_reading(allowed, np.array([[1, 2]]), np.array([[1.0, 0.5]]), 0.5)
+    assert q == pytest.approx(np.array([[1.0, (7 / 6) * 0.5 ** 0.5, 0.5 * 2.5 ** 0.5]]))
+    many = np.ones((1, 400), np.int64)  # 400 neighbours all of an A user: A's ratio would be (7/6)^400 ~ e^62
+    assert label_reading(allowed, many, np.ones((1, 400)), 0.5)[0, 1] == pytest.approx(np.exp(30.0))
+
+
+def test_em_started_from_the_labels_keeps_a_chance_noise_item_noise():
+    """One trait, two classes, 60 users of each; each user posts 4 images. A class-1 item
+    (near (1, 0)) is posted once by 20 class-1 users; a noise item (near (0, 1)) by every
+    user; and a second noise item (near (-1, 0)) that 12 class-1 and 8 class-0 users
+    happened to post. Started from the users' labels alone, three rounds of EM leave the
+    item at about a third and give the chance item's class-1 images about a sixth of the
+    class; started from the neighbours' labels (each class-0 neighbour counting against the
+    class) they find the item and keep the chance item noise."""
+    rng = np.random.default_rng(0)
+    labels, rows, kind = [], [], []  # kind: 0 noise, 1 the class-1 item, 2 the chance noise item
+    for user in range(120):
+        cls = user % 2
+        posts = [(0.0, 1.0, 0)] * 2
+        if cls == 1 and user < 40:
+            posts.append((1.0, 0.0, 1))
+        if (cls == 1 and 40 <= user < 64) or (cls == 0 and user < 16):
+            posts.append((-1.0, 0.0, 2))
+        posts += [(0.0, 1.0, 0)] * (4 - len(posts))
+        for x, y, k in posts:
+            labels.append([cls])
+            rows.append([x, y])
+            kind.append(k)
+    labels, kind = np.array(labels), np.array(kind)
+    rows = np.array(rows) + rng.normal(scale=0.05, size=(len(kind), 2))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    chance = (kind == 2) & (labels[:, 0] == 1)
+    plain = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3)
+    started = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3, start=(0.8, 0.1))
+    for sources in (plain, started):
+        r = sources.responsibilities
+        assert r.shape == (len(kind), 3) and np.allclose(r.sum(axis=1), 1.0)
+        assert not r[labels[:, 0] == 0, 2].any() and not r[labels[:, 0] == 1, 1].any()  # never another class
+    r = plain.responsibilities
+    assert r[kind == 1, 2].max() < 0.4 and 0.1 < r[chance, 2].mean() < 0.2
+    r = started.responsibilities
+    assert r[kind == 1, 2].min() > 0.9 and r[chance, 2].max() < 0.02 and r[kind == 0, 0].mean() > 0.95

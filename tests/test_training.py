@@ -170,6 +170,15 @@ def test_config_file_and_validation(tmp_path):
         with pytest.raises(ConfigError, match=f"latent_whiten must be null or a number above 0 and at most 1, "
                                               f"not {float(bad)!r}"):
             resolve("default", overrides={"latent_whiten": bad})
+    # the latent head's EM start from the neighbours' labels: a trust in (0, 1), or null
+    assert resolve("default", overrides={"latent_start_trust": "0.8"}).latent_start_trust == 0.8
+    assert resolve("default", overrides={"latent_start_trust": "null"}).latent_start_trust is None
+    for bad in ("0", "1"):
+        with pytest.raises(ConfigError, match=f"latent_start_trust must be null or a number between 0 and 1, "
+                                              f"not {float(bad)!r}"):
+            resolve("default", overrides={"latent_start_trust": bad})
+    with pytest.raises(ConfigError, match="latent_start_temperature must be a positive number, not 0.0"):
+        resolve("default", overrides={"latent_start_temperature": "0"})
     # the latent head's pair sources: a JSON list of 'trait*trait'
     assert resolve("default").latent_pairs == []
     assert resolve("default", overrides={"latent_pairs": '["gender*occupation"]'}).latent_pairs == ["gender*occupation"]

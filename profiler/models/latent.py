@@ -152,17 +152,46 @@ class Sources:
     emission: np.ndarray
 
 
+def label_reading(allowed: np.ndarray, index: np.ndarray, weight: np.ndarray, trust: float) -> np.ndarray:
+    """q(z | image) / pi(z), up to a factor, read from the *labels* of an image's neighbours
+    (``index``, ``weight`` as ``nearest`` gives them, a row per image read; ``allowed`` (n, sources): the sources each
+    training image's user may post): the EM's start when ``fit_sources`` is given ``start``.
+
+    If an image shows an item of source ``z``, each neighbour is the same item with
+    probability ``trust`` (its user then certainly may post ``z``) and otherwise any image
+    (its user may post ``z`` with ``z``'s overall share ``a(z)`` of the images); if it shows
+    noise, each neighbour's user may post ``z`` with ``a(z)`` alone. Each neighbour weighs in
+    with its vote weight as the likelihood ratio ``trust * allowed / a(z) + 1 - trust``,
+    multiplied over the neighbours: a neighbour whose user may not post ``z`` counts
+    against ``z`` (``1 - trust``), where the votes of responsibilities only dilute it. So a
+    noise item that a few users of one class happened to post is not taken for that class's
+    item, as the plain EM's first rounds take it (the README, "Which gap holds occupation").
+    Noise (allowed to everyone, ``a = 1``) always reads 1; the ratios are capped at e^30.
+    """
+    share = np.maximum(allowed.mean(axis=0), 1e-12)
+    log_ratio = np.zeros((len(index), allowed.shape[1]), np.float64)
+    for z in range(allowed.shape[1]):
+        log_ratio[:, z] = (weight * np.log(trust * allowed[index, z] / share[z] + 1 - trust)).sum(axis=1)
+    return np.exp(np.clip(log_ratio, -30.0, 30.0))
+
+
 def fit_sources(unit_rows: np.ndarray, labels: np.ndarray, plan: Layout, *, k: int, temperature: float,
-                alpha: float = 1.0, rounds: int = 5) -> Sources:
+                alpha: float = 1.0, rounds: int = 5, start: tuple[float, float] | None = None) -> Sources:
     """EM over the training images' sources.
 
     ``unit_rows`` (n, d): the training images as the layer compares them (projected,
-    unit length); ``labels`` (n, traits): each image's user's labels.
+    unit length); ``labels`` (n, traits): each image's user's labels. ``start``: ``(trust,
+    temperature)``, or None: the first round's responsibilities read from the neighbours'
+    labels (``label_reading``, the neighbours weighted with that temperature) instead of
+    from the users' labels and the sources' shares alone.
     """
     allowed = plan.of_labels(labels)
     theta = start_theta(plan)
     index, weight = nearest(unit_rows, unit_rows, k, temperature, exclude_same=True)
     q = None
+    if start is not None:
+        trust, start_temperature = start
+        q = label_reading(allowed, index, weight ** (temperature / start_temperature), trust)
     for _ in range(max(1, rounds)):
         r = allowed * theta[plan.kind] * (1.0 if q is None else q)
         r /= r.sum(axis=1, keepdims=True)
@@ -199,11 +228,13 @@ def within_whitening(rows: np.ndarray, responsibilities: np.ndarray, shrink: flo
 
 def whitened_sources(standard: np.ndarray, projection: np.ndarray, labels: np.ndarray, plan: Layout, *,
                      k: int, temperature: float, alpha: float = 1.0, rounds: int = 5,
-                     whiten: float | None = None) -> tuple[np.ndarray, np.ndarray, Sources]:
+                     whiten: float | None = None,
+                     start: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, Sources]:
     """The sources of the training images ``standard`` (n, dim; standardised) on the axes
     ``projection`` (dim, dims): ``fit_sources`` on the projected rows made unit length; with
     ``whiten`` (a shrinkage share), the axes are then whitened by the spread within the
-    sources found (``within_whitening``) and the EM runs again on them.
+    sources found (``within_whitening``) and the EM runs again on them. ``start``: each EM's
+    first round as ``fit_sources`` takes it.
 
     Returns the final axes, the rows projected on them and the sources. Training's
     ``fill_sources`` and the encoder's adaptation (``profiler.encoders.adapted``) both find
@@ -213,7 +244,7 @@ def whitened_sources(standard: np.ndarray, projection: np.ndarray, labels: np.nd
         projected = standard @ projection
         unit = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
         return projected, fit_sources(unit.astype(np.float64), labels, plan, k=k, temperature=temperature,
-                                      alpha=alpha, rounds=rounds)
+                                      alpha=alpha, rounds=rounds, start=start)
 
     projected, sources = em(projection)
     if whiten is not None:
