@@ -171,7 +171,8 @@ def test_config_file_and_validation(tmp_path):
                                               f"not {float(bad)!r}"):
             resolve("default", overrides={"latent_whiten": bad})
     # the latent head's EM start from the neighbours' labels: a trust in (0, 1), or null
-    assert resolve("default", overrides={"latent_start_trust": "0.8"}).latent_start_trust == 0.8
+    assert resolve("default").latent_start_trust == 0.8 and resolve("default").latent_rounds == 3
+    assert resolve("default", overrides={"latent_start_trust": "0.5"}).latent_start_trust == 0.5
     assert resolve("default", overrides={"latent_start_trust": "null"}).latent_start_trust is None
     for bad in ("0", "1"):
         with pytest.raises(ConfigError, match=f"latent_start_trust must be null or a number between 0 and 1, "
