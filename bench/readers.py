@@ -19,7 +19,10 @@ prior:
   every training image in the bank: what the head's kind of reader gets with perfect
   per-image labels;
 - ``neighbours, EM sources``: the same reading with the EM's sources, as the head starts
-  from before its learnt correction (``SourceReader``) is trained.
+  from before its learnt correction (``SourceReader``) is trained: the EM as it was (its
+  first round from the users' labels alone, 4 rounds; ``plain start``) and as the default
+  runs it now (its first round from the neighbours' labels, ``latent_start_trust``), each
+  on the axes it whitens; the answer key is read on the default's axes.
 
 Gender is read from the side view (the EM with the gender x occupation pairs), location
 and occupation from the main view, as the default model reads them. The EM's sources are
@@ -46,6 +49,9 @@ import pandas as pd
 from bench.common import machine
 
 READERS = ("linear probe, answer key", "neighbours, answer-key sources", "neighbours, EM sources")
+#: the EM as it was (its first round from the users' labels alone, 4 rounds) and the default's
+EMS = ("plain start", "default: started from the neighbours' labels")
+PLAIN_ROUNDS = 4
 
 
 def _log(message: str) -> None:
@@ -115,27 +121,35 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
     results = {READERS[0]: scored(probe.marginals(test, user, len(ids)))}
     timings["probe_s"] = time.perf_counter() - t
 
-    # the head's axes and EM, as profiler.families.sets.fill_sources computes them
+    # the head's axes and EMs, as profiler.families.sets.fill_sources computes them
     t = time.perf_counter()
     scaler = StandardScaler().fit(train)
     standard, standard_test = scaler.transform(train).astype(np.float32), scaler.transform(test).astype(np.float32)
-    axes = PCA(config.neighbour_dims, svd_solver="randomized", random_state=config.seed).fit(standard).components_.T
-    settings = dict(k=config.latent_neighbours, temperature=config.latent_temperature, rounds=config.latent_rounds)
+    pca_axes = PCA(config.neighbour_dims, svd_solver="randomized",
+                   random_state=config.seed).fit(standard).components_.T.astype(np.float32)
     main = layout(classes, _pairs(config.latent_pairs))
-    axes, projected, em_main = whitened_sources(standard, axes.astype(np.float32), labels, main,
-                                                whiten=config.latent_whiten, **settings)
     side = layout(classes, _pairs(config.latent_side_pairs))
-    em_side = whitened_sources(standard, axes, labels, side, **settings)[2]
-    timings["em_s"] = time.perf_counter() - t
 
     def unit(rows):
         return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
-    index, weight = nearest(unit(standard_test @ axes), unit(projected), config.latent_neighbours,
-                            config.latent_temperature, exclude_same=False)
+    def em(start, rounds):
+        """The main and side views' EMs, and each test image's neighbours on their axes."""
+        settings = dict(k=config.latent_neighbours, temperature=config.latent_temperature, rounds=rounds, start=start)
+        axes, projected, em_main = whitened_sources(standard, pca_axes, labels, main,
+                                                    whiten=config.latent_whiten, **settings)
+        em_side = whitened_sources(standard, axes, labels, side, **settings)[2]
+        near = nearest(unit(standard_test @ axes), unit(projected), config.latent_neighbours,
+                       config.latent_temperature, exclude_same=False)
+        return {"main": em_main, "side": em_side, "near": near}
 
-    def posterior(plan, responsibilities, pi, emission):
-        q = read_sources(index, weight, responsibilities, pi, 1.0)
+    default_start = None if config.latent_start_trust is None else (config.latent_start_trust,
+                                                                      config.latent_start_temperature)
+    ems = {EMS[0]: em(None, PLAIN_ROUNDS), EMS[1]: em(default_start, config.latent_rounds)}
+    timings["em_s"] = time.perf_counter() - t
+
+    def posterior(near, responsibilities, pi, emission):
+        q = read_sources(*near, responsibilities, pi, 1.0)
         log_post = np.tile(np.log(run.process.prior), (len(ids), 1))
         np.add.at(log_post, user, np.log(np.maximum(q @ emission.T, 1e-300)))
         post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
@@ -157,24 +171,27 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
         return {t: (side_margins if t in side_traits else main_margins)[t] for t in TRAITS}
 
     keys = {"main": answer_key(main), "side": answer_key(side)}
-    results[READERS[1]] = scored(combined(posterior(main, *keys["main"][1:]), posterior(side, *keys["side"][1:])))
-    results[READERS[2]] = scored(combined(
-        posterior(main, em_main.responsibilities, em_main.pi, em_main.emission),
-        posterior(side, em_side.responsibilities, em_side.pi, em_side.emission)))
+    near = ems[EMS[1]]["near"]  # the answer key read on the default head's axes
+    results[READERS[1]] = scored(combined(posterior(near, *keys["main"][1:]), posterior(near, *keys["side"][1:])))
+    for name, found in ems.items():
+        results[f"{READERS[2]} ({name})"] = scored(combined(*(
+            posterior(found["near"], found[v].responsibilities, found[v].pi, found[v].emission)
+            for v in ("main", "side"))))
 
     kinds = ["noise"] + list(TRAITS)
     agreement = {}
-    for view, plan, em in (("main", main, em_main), ("side", side, em_side)):
-        true, given = keys[view][0], em.responsibilities.argmax(axis=1)
-        rows = {}
-        for k in range(1, plan.kinds):
-            name = kinds[k] if k < len(kinds) else "pair " + "*".join(TRAITS[i] for i in plan.pairs[k - len(kinds)])
-            shows, said = plan.kind[true] == k, plan.kind[given] == k
-            right = given == true
-            rows[name] = {"images": int(shows.sum()),
-                          "recall": float(right[shows].mean()) if shows.any() else None,
-                          "precision": float(right[said].mean()) if said.any() else None}
-        agreement[view] = {"overall": float((given == true).mean()), "kinds": rows}
+    for name, found in ems.items():
+        for view, plan in (("main", main), ("side", side)):
+            true, given = keys[view][0], found[view].responsibilities.argmax(axis=1)
+            rows = {}
+            for k in range(1, plan.kinds):
+                kind = kinds[k] if k < len(kinds) else "pair " + "*".join(TRAITS[i] for i in plan.pairs[k - len(kinds)])
+                shows, said = plan.kind[true] == k, plan.kind[given] == k
+                right = given == true
+                rows[kind] = {"images": int(shows.sum()),
+                              "recall": float(right[shows].mean()) if shows.any() else None,
+                              "precision": float(right[said].mean()) if said.any() else None}
+            agreement[f"{name}, {view}"] = {"overall": float((given == true).mean()), "kinds": rows}
     m = machine()
     return {"data": str(data), "machine": f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('features')}",
             "images": {"train": int(len(run.train)), "test": int(len(run.test))}, "timings": timings,
@@ -204,7 +221,7 @@ def render(runs: list[dict]) -> str:
         rows = []
         for view, agreement in run["em_sources"].items():
             for kind, r in agreement["kinds"].items():
-                rows.append({"view": view, "kind": kind, "images": r["images"],
+                rows.append({"EM, view": view, "kind": kind, "images": r["images"],
                              "recall": "" if r["recall"] is None else f"{r['recall']:.3f}",
                              "precision": "" if r["precision"] is None else f"{r['precision']:.3f}",
                              "all images agree": f"{agreement['overall']:.3f}"})
