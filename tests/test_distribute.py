@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 #: tiny set-model settings; 34 training users in batches of 8: every batch splits evenly over two workers
 COMMON = ["--epochs", "3", "--batch-size", "8", "-q", "--set", "encoder=tiny", "--set", "hidden=[4]",
           "--set", "dense=[4]", "--set", "cap=12", "--set", "calibrate=false"]
-#: stated tolerance: the workers' gradients are summed in another order than one process sums them
-ATOL = 1e-6
+#: stated tolerance: the workers' gradients are summed in another order than one process sums them.
+#: Relative too: a scalar weight that gathers every image's gradient (about 1.0) moved by up to
+#: 9e-6 of its value once the EM started from the neighbours' labels (every other weight by
+#: at most 1.1e-7; all within 1e-6 with the plain start)
+ATOL, RTOL = 1e-6, 2e-5
 
 
 def free_ports(n: int) -> list[int]:
@@ -68,7 +71,7 @@ def test_two_workers_train_the_model_one_worker_trains(data):
     assert not (root / "two" / "worker-1").exists()  # the other worker's files are gone
     for name in ("last.keras", "model.keras"):
         for a, b in zip(weights(root / "one" / name), weights(root / "two" / name)):
-            np.testing.assert_allclose(b, a, rtol=0, atol=ATOL)
+            np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
     one = np.genfromtxt(root / "one" / "history.csv", delimiter=",", names=True)
     two = np.genfromtxt(root / "two" / "history.csv", delimiter=",", names=True)
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
@@ -81,7 +84,7 @@ def test_mirrored_on_this_machine_is_the_plain_run(data, tmp_path):
                                            str(tmp_path / "e.sqlite"), *COMMON, *extra])
         assert result.exit_code == 0, result.output
     for a, b in zip(weights(tmp_path / "plain" / "last.keras"), weights(tmp_path / "mirrored" / "last.keras")):
-        np.testing.assert_allclose(b, a, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
 
 
 def test_multiworker_without_a_cluster_is_a_clear_error(data, tmp_path, monkeypatch):
