@@ -95,7 +95,7 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
     from profiler import evaluation
     from profiler.config import resolve
     from profiler.families.sets import _pairs
-    from profiler.models.latent import layout, nearest, read_sources, whitened_sources
+    from profiler.models.latent import layout, nearest, read_sources, sources_of, whitened_sources
 
     config = resolve("default", overrides={"model": "set"})
     t = time.perf_counter()
@@ -161,9 +161,8 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
         true = np.array([source[name] for name in run.meta.item.values[run.train]])
         r = np.full((len(true), plan.sources), 0.02 / plan.sources)
         r[np.arange(len(true)), true] += 0.98
-        theta = np.bincount(plan.kind, weights=r.sum(axis=0), minlength=plan.kinds) / len(r)
-        pi = r.mean(axis=0)
-        return true, r, pi, plan.allowed * theta[plan.kind] / pi
+        sources = sources_of(r, plan)
+        return true, r, sources.pi, sources.emission
 
     side_traits = set(config.latent_side_traits)
 

@@ -152,6 +152,14 @@ class Sources:
     emission: np.ndarray
 
 
+def sources_of(responsibilities: np.ndarray, plan: Layout) -> Sources:
+    """``Sources`` for the images' ``responsibilities`` (n, sources): the kinds' shares, the
+    sources' frequency and the emission factors that follow from them."""
+    theta = np.bincount(plan.kind, weights=responsibilities.sum(axis=0), minlength=plan.kinds) / len(responsibilities)
+    pi = np.maximum(responsibilities.mean(axis=0), 1e-12)
+    return Sources(responsibilities, pi, theta, plan.allowed * theta[plan.kind] / pi)
+
+
 def label_reading(allowed: np.ndarray, index: np.ndarray, weight: np.ndarray, trust: float) -> np.ndarray:
     """q(z | image) / pi(z), up to a factor, read from the *labels* of an image's neighbours
     (``index``, ``weight`` as ``nearest`` gives them, a row per image read; ``allowed`` (n, sources): the sources each
@@ -195,10 +203,10 @@ def fit_sources(unit_rows: np.ndarray, labels: np.ndarray, plan: Layout, *, k: i
     for _ in range(max(1, rounds)):
         r = allowed * theta[plan.kind] * (1.0 if q is None else q)
         r /= r.sum(axis=1, keepdims=True)
-        theta = np.bincount(plan.kind, weights=r.sum(axis=0), minlength=plan.kinds) / len(r)
-        pi = np.maximum(r.mean(axis=0), 1e-12)
-        q = read_sources(index, weight, r, pi, alpha) / pi
-    return Sources(r, pi, theta, plan.allowed * theta[plan.kind] / pi)
+        sources = sources_of(r, plan)
+        theta = sources.theta
+        q = read_sources(index, weight, r, sources.pi, alpha) / sources.pi
+    return sources
 
 
 def within_whitening(rows: np.ndarray, responsibilities: np.ndarray, shrink: float) -> np.ndarray:
