@@ -75,6 +75,10 @@ class TrainConfig:
     # images (README, "The EM's start")
     latent_start_trust: float | None = 0.8
     latent_start_temperature: float = 0.2
+    # ... and the farther neighbours' trust falls as their users' labels agree less often
+    # with the image's beyond chance (profiler.models.latent.rank_agreement): few where
+    # items have few images; false: every neighbour is trusted alike
+    latent_start_by_rank: bool = True
     # L2 penalty of the "latent" pooling's learnt correction of the neighbours' reading
     # (set_head.SourceReader); null: no correction, the sources as the neighbours read them
     latent_reader_l2: float | None = 1e-3
@@ -132,6 +136,8 @@ class TrainConfig:
              f"latent_start_trust must be null or a number between 0 and 1, not {self.latent_start_trust!r}"),
             (isinstance(self.latent_start_temperature, (int, float)) and self.latent_start_temperature > 0,
              f"latent_start_temperature must be a positive number, not {self.latent_start_temperature!r}"),
+            (isinstance(self.latent_start_by_rank, bool),
+             f"latent_start_by_rank must be true or false, not {self.latent_start_by_rank!r}"),
             (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
                                                and 0 <= self.latent_reader_l2 <= 1e6),
              f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),

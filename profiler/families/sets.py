@@ -153,7 +153,7 @@ class SetFamily(Family):
             fill_sources(model, data, positions, rows, config.seed, rounds=config.latent_rounds,
                          balanced=config.class_weight == "balanced", whiten=config.latent_whiten,
                          start=None if config.latent_start_trust is None
-                         else (config.latent_start_trust, config.latent_start_temperature))
+                         else (config.latent_start_trust, config.latent_start_temperature, config.latent_start_by_rank))
         return model
 
     def split(self, model, data, positions):
@@ -241,7 +241,7 @@ def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -
 
 
 def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int,
-                 balanced: bool, whiten: float | None = None, start: tuple[float, float] | None = None) -> None:
+                 balanced: bool, whiten: float | None = None, start: tuple | None = None) -> None:
     """The "latent" pooling's bank: the training images (as ``fill_bank``) with their sources
     learnt by EM from their users' labels (``profiler.models.latent.fit_sources``), the
     emission (in the bank, or in the learnt source reader where the model has one), and the
@@ -253,8 +253,8 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     by the spread within the sources it found (``profiler.models.latent.within_whitening``)
     and the EM runs again on them; the bank keeps the whitened axes. A layer with a side
     view (``side_traits``) gets the EM once more on the final axes, with its own pairs.
-    ``start`` (trust, temperature), or None: every EM's first round reads the neighbours'
-    labels (``profiler.models.latent.label_reading``)."""
+    ``start`` (trust, temperature, by rank: ``profiler.models.latent.Start``), or None: every
+    EM's first round reads the neighbours' labels (``profiler.models.latent.label_reading``)."""
     from profiler.models.latent import layout, whitened_sources
 
     layer = model.get_layer("neighbours")

@@ -25,8 +25,10 @@ learnt from the users' labels, and the emission).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+from sklearn.isotonic import IsotonicRegression
 
 #: the share of a user's images first assumed to be noise, and to carry each trait's class
 #: (or each pair's classes):
@@ -116,9 +118,10 @@ def start_theta(plan: Layout) -> np.ndarray:
 
 def nearest(points: np.ndarray, bank: np.ndarray, k: int, temperature: float, *,
             exclude_same: bool, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Each point's ``k`` most similar bank rows (unit-length rows: cosine similarity) and
-    their vote weights ``exp((similarity - best) / temperature)``, as the layer weighs them.
-    ``exclude_same`` leaves out bank rows above 0.9999 similarity (itself, exact duplicates)."""
+    """Each point's ``k`` most similar bank rows (unit-length rows: cosine similarity), most
+    similar first, and their vote weights ``exp((similarity - best) / temperature)``, as the
+    layer weighs them. ``exclude_same`` leaves out bank rows above 0.9999 similarity
+    (itself, exact duplicates)."""
     k = min(k, len(bank))
     index = np.zeros((len(points), k), np.int64)
     weight = np.zeros((len(points), k), np.float64)
@@ -128,6 +131,8 @@ def nearest(points: np.ndarray, bank: np.ndarray, k: int, temperature: float, *,
             sim[sim > 0.9999] = -2.0
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < len(bank) else np.tile(np.arange(k), (len(sim), 1))
         s = np.take_along_axis(sim, top, axis=1).astype(np.float64)
+        order = np.argsort(-s, axis=1, kind="stable")
+        top, s = np.take_along_axis(top, order, axis=1), np.take_along_axis(s, order, axis=1)
         index[i:i + chunk] = top
         weight[i:i + chunk] = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
     return index, weight
@@ -160,13 +165,55 @@ def sources_of(responsibilities: np.ndarray, plan: Layout) -> Sources:
     return Sources(responsibilities, pi, theta, plan.allowed * theta[plan.kind] / pi)
 
 
-def label_reading(allowed: np.ndarray, index: np.ndarray, weight: np.ndarray, trust: float) -> np.ndarray:
+class Start(NamedTuple):
+    """How ``fit_sources``' first round reads the neighbours' labels (``label_reading``):
+    ``trust``, the nearest neighbour's chance of being the same item; ``temperature``, the
+    neighbours' vote weights; ``by_rank``: the farther neighbours' trust falls as their
+    labels' agreement does (``rank_agreement``), else every neighbour gets ``trust``."""
+
+    trust: float
+    temperature: float
+    by_rank: bool = True
+
+
+def rank_agreement(labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(k,): per neighbour rank (``index``'s columns, most similar first, a row per image of
+    ``labels``), how much more often than chance the neighbour's user shares the image's
+    user's class, averaged over the traits, as a share of the most telling rank's.
+
+    An image that shows an item of a trait's class has a neighbour of the same class (the
+    same item, or another of the class's) with a probability that falls with the rank; a
+    noise image's neighbours agree by chance. So the excess agreement ``(agree - chance) /
+    (1 - chance)`` (``chance`` the sum of the squared class shares) follows the same-item
+    probability's fall, scaled by the share of images that show items. When items have
+    many images (the paper's size) it stays high over all 50 neighbours; when they have few
+    (the demo's) it falls within the first ten. The same-item probability can only fall
+    with the rank, so the averaged excess is fitted by a non-increasing step function
+    (isotonic regression: each rank's own figure is noisy where there are few images) and
+    divided by the nearest rank's. All zeros where no rank agrees beyond chance.
+    """
+    excess = []
+    for t in range(labels.shape[1]):
+        share = np.bincount(labels[:, t]) / len(labels)
+        chance = float((share ** 2).sum())
+        if chance < 1 - 1e-9:
+            agree = (labels[index, t] == labels[:, t, None]).mean(axis=0)
+            excess.append(np.clip((agree - chance) / (1 - chance), 0.0, None))
+    if not excess:
+        return np.zeros(index.shape[1])
+    ranks = np.arange(index.shape[1])
+    profile = IsotonicRegression(increasing=False).fit_transform(ranks, np.mean(excess, axis=0))
+    return profile / profile[0] if profile[0] > 0 else np.zeros(index.shape[1])
+
+
+def label_reading(allowed: np.ndarray, index: np.ndarray, weight: np.ndarray, trust) -> np.ndarray:
     """q(z | image) / pi(z), up to a factor, read from the *labels* of an image's neighbours
     (``index``, ``weight`` as ``nearest`` gives them, a row per image read; ``allowed`` (n, sources): the sources each
     training image's user may post): the EM's start when ``fit_sources`` is given ``start``.
 
     If an image shows an item of source ``z``, each neighbour is the same item with
-    probability ``trust`` (its user then certainly may post ``z``) and otherwise any image
+    probability ``trust`` (a number, or one per column of ``index``: per neighbour rank;
+    its user then certainly may post ``z``) and otherwise any image
     (its user may post ``z`` with ``z``'s overall share ``a(z)`` of the images); if it shows
     noise, each neighbour's user may post ``z`` with ``a(z)`` alone. Each neighbour weighs in
     with its vote weight as the likelihood ratio ``trust * allowed / a(z) + 1 - trust``,
@@ -184,22 +231,24 @@ def label_reading(allowed: np.ndarray, index: np.ndarray, weight: np.ndarray, tr
 
 
 def fit_sources(unit_rows: np.ndarray, labels: np.ndarray, plan: Layout, *, k: int, temperature: float,
-                alpha: float = 1.0, rounds: int = 5, start: tuple[float, float] | None = None) -> Sources:
+                alpha: float = 1.0, rounds: int = 5, start: Start | tuple | None = None) -> Sources:
     """EM over the training images' sources.
 
     ``unit_rows`` (n, d): the training images as the layer compares them (projected,
-    unit length); ``labels`` (n, traits): each image's user's labels. ``start``: ``(trust,
-    temperature)``, or None: the first round's responsibilities read from the neighbours'
-    labels (``label_reading``, the neighbours weighted with that temperature) instead of
-    from the users' labels and the sources' shares alone.
+    unit length); ``labels`` (n, traits): each image's user's labels. ``start``: a ``Start``
+    (or its fields as a tuple), or None: the first round's responsibilities read from the
+    neighbours' labels (``label_reading``, the neighbours weighted with its temperature, the
+    trust per rank with ``by_rank``) instead of from the users' labels and the sources'
+    shares alone.
     """
     allowed = plan.of_labels(labels)
     theta = start_theta(plan)
     index, weight = nearest(unit_rows, unit_rows, k, temperature, exclude_same=True)
     q = None
     if start is not None:
-        trust, start_temperature = start
-        q = label_reading(allowed, index, weight ** (temperature / start_temperature), trust)
+        start = Start(*start)
+        trust = start.trust * rank_agreement(labels, index) if start.by_rank else start.trust
+        q = label_reading(allowed, index, weight ** (temperature / start.temperature), trust)
     for _ in range(max(1, rounds)):
         r = allowed * theta[plan.kind] * (1.0 if q is None else q)
         r /= r.sum(axis=1, keepdims=True)
@@ -237,7 +286,7 @@ def within_whitening(rows: np.ndarray, responsibilities: np.ndarray, shrink: flo
 def whitened_sources(standard: np.ndarray, projection: np.ndarray, labels: np.ndarray, plan: Layout, *,
                      k: int, temperature: float, alpha: float = 1.0, rounds: int = 5,
                      whiten: float | None = None,
-                     start: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, Sources]:
+                     start: Start | tuple | None = None) -> tuple[np.ndarray, np.ndarray, Sources]:
     """The sources of the training images ``standard`` (n, dim; standardised) on the axes
     ``projection`` (dim, dims): ``fit_sources`` on the projected rows made unit length; with
     ``whiten`` (a shrinkage share), the axes are then whitened by the spread within the
