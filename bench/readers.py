@@ -20,9 +20,11 @@ prior:
   per-image labels;
 - ``neighbours, EM sources``: the same reading with the EM's sources, as the head starts
   from before its learnt correction (``SourceReader``) is trained: the EM as it was (its
-  first round from the users' labels alone, 4 rounds; ``plain start``) and as the default
-  runs it now (its first round from the neighbours' labels, ``latent_start_trust``), each
-  on the axes it whitens; the answer key is read on the default's axes.
+  first round from the users' labels alone, 4 rounds; ``plain start``), started from the
+  neighbours' labels with every neighbour trusted alike (``latent_start_trust``,
+  ``latent_start_by_rank`` false) and as the default runs it now (the farther neighbours'
+  trust falling as their labels' agreement does), each on the axes it whitens; the answer
+  key is read on the default's axes.
 
 Gender is read from the side view (the EM with the gender x occupation pairs), location
 and occupation from the main view, as the default model reads them. The EM's sources are
@@ -49,8 +51,9 @@ import pandas as pd
 from bench.common import machine
 
 READERS = ("linear probe, answer key", "neighbours, answer-key sources", "neighbours, EM sources")
-#: the EM as it was (its first round from the users' labels alone, 4 rounds) and the default's
-EMS = ("plain start", "default: started from the neighbours' labels")
+#: the EM as it was (its first round from the users' labels alone, 4 rounds), started from
+#: the neighbours' labels with one trust for all, and the default's (trust by rank)
+EMS = ("plain start", "started from the neighbours' labels, one trust", "default: trust by neighbour rank")
 PLAIN_ROUNDS = 4
 
 
@@ -143,9 +146,9 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
                        config.latent_temperature, exclude_same=False)
         return {"main": em_main, "side": em_side, "near": near}
 
-    default_start = None if config.latent_start_trust is None else (config.latent_start_trust,
-                                                                      config.latent_start_temperature)
-    ems = {EMS[0]: em(None, PLAIN_ROUNDS), EMS[1]: em(default_start, config.latent_rounds)}
+    start = (config.latent_start_trust, config.latent_start_temperature)
+    ems = {EMS[0]: em(None, PLAIN_ROUNDS), EMS[1]: em((*start, False), config.latent_rounds),
+           EMS[2]: em((*start, True), config.latent_rounds)}
     timings["em_s"] = time.perf_counter() - t
 
     def posterior(near, responsibilities, pi, emission):
@@ -170,7 +173,7 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
         return {t: (side_margins if t in side_traits else main_margins)[t] for t in TRAITS}
 
     keys = {"main": answer_key(main), "side": answer_key(side)}
-    near = ems[EMS[1]]["near"]  # the answer key read on the default head's axes
+    near = ems[EMS[2]]["near"]  # the answer key read on the default head's axes
     results[READERS[1]] = scored(combined(posterior(near, *keys["main"][1:]), posterior(near, *keys["side"][1:])))
     for name, found in ems.items():
         results[f"{READERS[2]} ({name})"] = scored(combined(*(
