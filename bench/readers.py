@@ -20,11 +20,11 @@ prior:
   per-image labels;
 - ``neighbours, EM sources``: the same reading with the EM's sources, as the head starts
   from before its learnt correction (``SourceReader``) is trained: the EM as it was (its
-  first round from the users' labels alone, 4 rounds; ``plain start``), started from the
-  neighbours' labels with every neighbour trusted alike (``latent_start_trust``,
-  ``latent_start_by_rank`` false) and as the default runs it now (the farther neighbours'
-  trust falling as their labels' agreement does), each on the axes it whitens; the answer
-  key is read on the default's axes.
+  first round from the users' labels alone, 4 rounds; ``plain start``), as the default runs
+  it now (its first round from the neighbours' labels, every neighbour trusted alike:
+  ``latent_start_trust``) and with ``latent_start_by_rank`` (the farther neighbours' trust
+  falling as their labels' agreement does), each on the axes it whitens; the answer key is
+  read on the default's axes.
 
 Gender is read from the side view (the EM with the gender x occupation pairs), location
 and occupation from the main view, as the default model reads them. The EM's sources are
@@ -51,9 +51,9 @@ import pandas as pd
 from bench.common import machine
 
 READERS = ("linear probe, answer key", "neighbours, answer-key sources", "neighbours, EM sources")
-#: the EM as it was (its first round from the users' labels alone, 4 rounds), started from
-#: the neighbours' labels with one trust for all, and the default's (trust by rank)
-EMS = ("plain start", "started from the neighbours' labels, one trust", "default: trust by neighbour rank")
+#: the EM as it was (its first round from the users' labels alone, 4 rounds), the default's
+#: (started from the neighbours' labels, one trust for all) and with the trust by rank
+EMS = ("plain start", "default: started from the neighbours' labels", "the start's trust by neighbour rank")
 PLAIN_ROUNDS = 4
 
 
@@ -173,7 +173,7 @@ def measure(data: Path, cache: Path, bootstrap: int = 1000) -> dict:
         return {t: (side_margins if t in side_traits else main_margins)[t] for t in TRAITS}
 
     keys = {"main": answer_key(main), "side": answer_key(side)}
-    near = ems[EMS[2]]["near"]  # the answer key read on the default head's axes
+    near = ems[EMS[1]]["near"]  # the answer key read on the default head's axes
     results[READERS[1]] = scored(combined(posterior(near, *keys["main"][1:]), posterior(near, *keys["side"][1:])))
     for name, found in ems.items():
         results[f"{READERS[2]} ({name})"] = scored(combined(*(

@@ -75,10 +75,11 @@ class TrainConfig:
     # images (README, "The EM's start")
     latent_start_trust: float | None = 0.8
     latent_start_temperature: float = 0.2
-    # ... and the farther neighbours' trust falls as their users' labels agree less often
-    # with the image's beyond chance (profiler.models.latent.rank_agreement): few where
-    # items have few images; false: every neighbour is trusted alike
-    latent_start_by_rank: bool = True
+    # true: the farther neighbours' trust falls as their users' labels agree less often with
+    # the image's beyond chance (profiler.models.latent.rank_agreement); off by default: it
+    # finds more of the items' images but takes more noise for items, and lost 0.4-3 points
+    # of the ceiling at the paper's size for +1 at the demo's (README, "The EM's start")
+    latent_start_by_rank: bool = False
     # L2 penalty of the "latent" pooling's learnt correction of the neighbours' reading
     # (set_head.SourceReader); null: no correction, the sources as the neighbours read them
     latent_reader_l2: float | None = 1e-3

@@ -189,8 +189,8 @@ def test_em_started_from_the_labels_keeps_a_chance_noise_item_noise():
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     chance = (kind == 2) & (labels[:, 0] == 1)
     plain = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3)
-    started = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3, start=(0.8, 0.1, False))
-    by_rank = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3, start=(0.8, 0.1))
+    started = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3, start=(0.8, 0.1))
+    by_rank = fit_sources(rows, labels, layout((2,)), k=20, temperature=0.1, rounds=3, start=(0.8, 0.1, True))
     for sources in (plain, started, by_rank):
         r = sources.responsibilities
         assert r.shape == (len(kind), 3) and np.allclose(r.sum(axis=1), 1.0)
@@ -229,7 +229,7 @@ def test_a_start_by_rank_whose_neighbours_agree_by_chance_is_the_plain_start():
     labels = np.zeros((60, 2), np.int64)  # every user of the same classes
     plan = layout((2, 3))
     plain = fit_sources(rows, labels, plan, k=5, temperature=0.1, rounds=2)
-    started = fit_sources(rows, labels, plan, k=5, temperature=0.1, rounds=2, start=(0.8, 0.2))
+    started = fit_sources(rows, labels, plan, k=5, temperature=0.1, rounds=2, start=(0.8, 0.2, True))
     np.testing.assert_array_equal(started.responsibilities, plain.responsibilities)
 
 

@@ -180,9 +180,9 @@ def test_config_file_and_validation(tmp_path):
             resolve("default", overrides={"latent_start_trust": bad})
     with pytest.raises(ConfigError, match="latent_start_temperature must be a positive number, not 0.0"):
         resolve("default", overrides={"latent_start_temperature": "0"})
-    # ... its trust per neighbour rank: on by default, a boolean
-    assert resolve("default").latent_start_by_rank is True
-    assert resolve("default", overrides={"latent_start_by_rank": "false"}).latent_start_by_rank is False
+    # ... its trust per neighbour rank: off by default, a boolean
+    assert resolve("default").latent_start_by_rank is False
+    assert resolve("default", overrides={"latent_start_by_rank": "true"}).latent_start_by_rank is True
     with pytest.raises(ConfigError, match="latent_start_by_rank must be true or false, not 'maybe'"):
         resolve("default", overrides={"latent_start_by_rank": "maybe"})
     with pytest.raises(ConfigError, match="latent_start_by_rank must be true or false, not 1"):

@@ -173,7 +173,7 @@ class Start(NamedTuple):
 
     trust: float
     temperature: float
-    by_rank: bool = True
+    by_rank: bool = False
 
 
 def rank_agreement(labels: np.ndarray, index: np.ndarray) -> np.ndarray:
