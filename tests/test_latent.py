@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from profiler.models.latent import (check_pairs, fit_sources, label_reading, layout, nearest, rank_agreement,
-                                    read_sources,
-                                   start_theta, within_whitening)
+                                    read_sources, start_theta, within_whitening)
 
 
 def test_layout_lists_noise_then_each_traits_classes():

@@ -179,7 +179,7 @@ class Start(NamedTuple):
 def rank_agreement(labels: np.ndarray, index: np.ndarray) -> np.ndarray:
     """(k,): per neighbour rank (``index``'s columns, most similar first, a row per image of
     ``labels``), how much more often than chance the neighbour's user shares the image's
-    user's class, averaged over the traits, as a share of the most telling rank's.
+    user's class, averaged over the traits, as a share of the nearest rank's (smoothed below).
 
     An image that shows an item of a trait's class has a neighbour of the same class (the
     same item, or another of the class's) with a probability that falls with the rank; a
