@@ -28,7 +28,7 @@ from core.errors import RunStateError
 from core.io import atomic_write_text
 from core.labels import TRAITS
 from profiler.backend import import_keras
-from profiler.training import BACKUP_DIR, HISTORY_FILE, STATE_FILE
+from profiler.training import BACKUP_DIR, BEST_FILE, HISTORY_FILE, STATE_FILE
 
 keras = import_keras()
 
@@ -230,7 +230,7 @@ def trainer_callbacks(run_dir: Path, train_data, val_data, config, *, resume: bo
                       saved=None) -> tuple[list, RunState]:
     """The trainer's callbacks in their order, and the run state (to mark the run finished)."""
     scores = ValidationScores(val_data, dict(config.head_weights))
-    checkpoint = BestCheckpoint(run_dir / "model.keras", saved=saved)
+    checkpoint = BestCheckpoint(run_dir / BEST_FILE, saved=saved)
     stopping = (keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)
                 if config.patience else None)
     state = RunState(run_dir, train_data, checkpoint, stopping, resume=resume)

@@ -9,10 +9,15 @@
   computed from integer labels (``sparse_categorical_crossentropy``: the same value),
   with optional per-head weights and "balanced" per-class sample weights per head.
 - **Validation**: a stratified share of the users (by occupation, the most skewed trait).
-  After each epoch the model predicts it once; the checkpoint kept (``model.keras``) is
-  the one with the best mean macro-F over the three traits, computed with the
-  evaluator's functions, not the best loss. Early stopping watches the same number.
-  The callbacks doing this are Keras' own, composed (``profiler.callbacks``).
+  After each epoch the model predicts it once; the checkpoint kept (``best.keras`` while
+  the run lasts) is the one with the best mean macro-F over the three traits, computed
+  with the evaluator's functions, not the best loss. Early stopping watches the same
+  number. The callbacks doing this are Keras' own, composed (``profiler.callbacks``).
+- **The model file**: once training ends, the kept checkpoint is calibrated on the
+  validation users (``calibrate``) and made final by its family (``Family.finish``: the
+  "latent" set model refills its bank with the validation users' images), and written
+  as ``model.keras``; the checkpoint is left untouched until the run is done, so a run
+  killed on the way does all of it again from the same checkpoint.
 - **Resume**: Keras' ``BackupAndRestore`` keeps the weights and optimizer state of the
   last finished epoch; ``RunState`` keeps what Keras does not (the random generators,
   the best score, the patience used up) beside it. A run killed mid-epoch restarts that
@@ -52,6 +57,7 @@ log = logging.getLogger("profiler")
 
 #: a run directory's files (``profiler.callbacks`` writes them)
 STATE_FILE = "train_state.json"
+BEST_FILE = "best.keras"  # the kept checkpoint while the run lasts (model.keras: the final model)
 HISTORY_FILE = "history.csv"
 BACKUP_DIR = "backup"
 #: the ways a run may be spread over devices and machines (``distribution``)
@@ -346,11 +352,12 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
                          distribute=distribute)
         raise
     elapsed = time.perf_counter() - start
-    from profiler.models.io import save_model
+    from profiler.models.io import load_model, save_model
 
     save_model(model, run_dir / "last.keras")
-    calibration = (calibrate(run_dir / "model.keras", family, data, val_pos, config, train_pos)
-                   if config.calibrate else None)
+    best = load_model(run_dir / BEST_FILE)
+    calibration = calibrate(best, family, data, val_pos, config, train_pos) if config.calibrate else None
+    save_model(family.finish(best, data, np.union1d(train_pos, val_pos), config), run_dir / "model.keras")
     summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
     summary["calibration"] = calibration
     summary["distribute"] = {"mode": distribute, "workers": shards,
@@ -364,29 +371,28 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     # ends the same), one killed after it is whole
     state.finish()
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    (run_dir / BEST_FILE).unlink(missing_ok=True)
     if shard:  # a worker's own files: the chief's RUN_DIR has the run
         shutil.rmtree(run_dir, ignore_errors=True)
     return summary
 
 
-def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConfig,
+def calibrate(best, family, data, positions: np.ndarray, config: TrainConfig,
               train_positions: np.ndarray) -> dict:
     """Fit each head's temperature on the users at ``positions`` (the validation split) from
-    the kept checkpoint's probabilities (shifted to the training users' class shares first,
-    for a model trained with balanced class weights: ``profiler.calibration``), and store them in the checkpoint (atomically), with
-    what the decision rules need (``profiler.decisions.record``: the training users' class
-    shares, the validation users' calibrated probabilities and labels) and the reference of
-    the out-of-distribution score (``profiler.ood``: the training users' items, the
-    validation users' scores).
+    the kept checkpoint's (``best``, loaded) probabilities (shifted to the training users' class
+    shares first, for a model trained with balanced class weights: ``profiler.calibration``),
+    and store them in ``best``, with what the decision rules need
+    (``profiler.decisions.record``: the training users' class shares, the validation users'
+    calibrated probabilities and labels) and the reference of the out-of-distribution score
+    (``profiler.ood``: the training users' items, the validation users' scores).
 
     Returns per trait the temperature and the log loss, Brier score and ECE before and after.
     """
     from profiler.batching import padded_chunks
     from profiler.calibration import calibrate as calibrate_probs
     from profiler.calibration import calibration_scores, fit_temperature, shift_priors
-    from profiler.models.io import load_model, save_model
 
-    best = load_model(path)
     run = family.runner(best)
     probs, items = {t: [] for t in TRAITS}, []
     for i in range(0, len(positions), config.batch_size):
@@ -414,7 +420,6 @@ def calibrate(path: Path, family, data, positions: np.ndarray, config: TrainConf
     from profiler import ood
 
     best.ood = ood.fit(family.ood_train_items(best, data, train_positions, config), items, seed=config.seed)
-    save_model(best, path)
     return report
 
 

@@ -235,9 +235,60 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
     whole = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
     for other in ("again", "cut"):
         pd.testing.assert_frame_equal(whole, pd.read_csv(tmp_path / other / "history.csv").drop(columns="seconds"))
-        a, b = load_model(tmp_path / "whole" / "last.keras"), load_model(tmp_path / other / "last.keras")
-        for wa, wb in zip(a.get_weights(), b.get_weights()):
+        for name in ("last.keras", "model.keras"):  # the final model: calibrated, its bank refilled
+            a, b = load_model(tmp_path / "whole" / name), load_model(tmp_path / other / name)
+            for wa, wb in zip(a.get_weights(), b.get_weights()):
+                assert np.array_equal(wa, wb)
+        assert not (tmp_path / other / "best.keras").exists()  # the checkpoint goes once the run is done
+
+
+def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path):
+    """After training, the "latent" model's bank holds every training-data user's images: the
+    same EM on the kept axes, everything learnt kept; refilled with the training users alone,
+    it is the trained model again."""
+    from data_prep.dataset import load_dataset
+    from profiler.config import resolve
+    from profiler.embeddings import EmbeddedData, EmbeddingStore
+    from profiler.families.sets import refill_sources
+    from profiler.models import load_model, model_info
+    from profiler.training import split_indices, train
+    from tests.helpers import TinyEncoder
+
+    data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
+    with EmbeddingStore(tmp_path / "e.sqlite") as store:
+        embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
+    config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
+                                           "epochs": 2, "latent_refill": "false"})
+    train(embedded, tmp_path / "plain", config, progress=False)
+    train(embedded, tmp_path / "refilled", config.__class__(**{**config.__dict__, "latent_refill": True}),
+          progress=False)
+    plain, refilled = load_model(tmp_path / "plain" / "model.keras"), load_model(tmp_path / "refilled" / "model.keras")
+    train_pos, val_pos = split_indices(embedded, config.val_share, config.seed)
+    assert len(val_pos) == 4  # 0.15 of 24 users
+    images = embedded.counts
+    assert plain.get_layer("neighbours").size == images[train_pos].sum() == 59
+    assert refilled.get_layer("neighbours").size == images.sum() == 70
+    info_a, info_b = model_info(plain), model_info(refilled)
+    assert info_a["temperatures"] == info_b["temperatures"] and info_a["decisions"] == info_b["decisions"]
+    for name in ("posterior", "standardize"):
+        for wa, wb in zip(plain.get_layer(name).get_weights(), refilled.get_layer(name).get_weights()):
             assert np.array_equal(wa, wb)
+    for weight in ("kernel", "bias"):  # the learnt correction; its emission follows the new EM
+        assert np.array_equal(getattr(plain.get_layer("reader"), weight), getattr(refilled.get_layer("reader"), weight))
+    a, b = plain.get_layer("neighbours"), refilled.get_layer("neighbours")
+    assert np.array_equal(np.asarray(a.projection), np.asarray(b.projection))
+    assert np.array_equal(np.asarray(a.spread), np.asarray(b.spread))
+    # the training users' images first, as the bank was: their rows are the same
+    first = np.isin(np.repeat(np.arange(len(images)), images), train_pos)
+    np.testing.assert_allclose(np.asarray(b.bank)[first], np.asarray(a.bank), atol=1e-6)
+    again = refill_sources(plain, embedded, train_pos, rounds=config.latent_rounds,
+                           start=(config.latent_start_trust, config.latent_start_temperature, False))
+    for wa, wb in zip(plain.get_weights(), again.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-6)
+    everyone = refill_sources(plain, embedded, np.arange(len(images)), rounds=config.latent_rounds,
+                              start=(config.latent_start_trust, config.latent_start_temperature, False))
+    for wa, wb in zip(refilled.get_weights(), everyone.get_weights()):
+        assert np.array_equal(wa, wb)
 
 
 def test_evidence_head_adds_each_images_scores():

@@ -187,6 +187,10 @@ def test_config_file_and_validation(tmp_path):
         resolve("default", overrides={"latent_start_by_rank": "maybe"})
     with pytest.raises(ConfigError, match="latent_start_by_rank must be true or false, not 1"):
         resolve("default", overrides={"latent_start_by_rank": 1})
+    assert resolve("default").latent_refill is True
+    assert resolve("default", overrides={"latent_refill": "false"}).latent_refill is False
+    with pytest.raises(ConfigError, match="latent_refill must be true or false, not 'yes please'"):
+        resolve("default", overrides={"latent_refill": "yes please"})
     # the latent head's pair sources: a JSON list of 'trait*trait'
     assert resolve("default").latent_pairs == []
     assert resolve("default", overrides={"latent_pairs": '["gender*occupation"]'}).latent_pairs == ["gender*occupation"]

@@ -125,6 +125,12 @@ class Family(ABC):
                 rows.extend(run(chunk)[1][:n_real])
         return np.concatenate(rows)
 
+    def finish(self, model, data, positions: np.ndarray, config):
+        """The final model from the kept, calibrated checkpoint ``model``, once the validation
+        users' part (calibration, the decision record) is done; ``positions``: every user of
+        the training data. By default the checkpoint itself."""
+        return model
+
     @abstractmethod
     def reader(self, info: dict, *, name: str = "model", encoder=None, store=None, model=None) -> Reader:
         """The ``Reader`` for a trained model described by ``info`` (``models.io.model_info``);

@@ -8,6 +8,7 @@ them (training, ``--tta``); the model is order-invariant, so only subsets differ
 """
 from __future__ import annotations
 
+import logging
 import zlib
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from core.errors import DataError, ModelFileError
 from core.labels import LABELS, TRAITS
 from profiler.families.base import Family, Reader
+
+log = logging.getLogger("profiler")
 
 #: images embedded per user for ``--tta`` (the random choices are drawn among these)
 TTA_MAX_IMAGES = 32
@@ -152,8 +155,7 @@ class SetFamily(Family):
         elif config.set_pooling == "latent":
             fill_sources(model, data, positions, rows, config.seed, rounds=config.latent_rounds,
                          balanced=config.class_weight == "balanced", whiten=config.latent_whiten,
-                         start=None if config.latent_start_trust is None
-                         else (config.latent_start_trust, config.latent_start_temperature, config.latent_start_by_rank))
+                         start=_start(config))
         return model
 
     def split(self, model, data, positions):
@@ -181,6 +183,14 @@ class SetFamily(Family):
 
     def ood_train_items(self, model, data, positions, config):
         return np.concatenate([data.user_images(int(i)) for i in positions])
+
+    def finish(self, model, data, positions, config):
+        """The "latent" model's bank refilled from every user at ``positions`` (the training
+        data's, validation users too: ``refill_sources``) unless ``latent_refill`` is false."""
+        if model.pooling != "latent" or not config.latent_refill:
+            return model
+        log.info("refilling the bank with the images of all %d users (the validation users' too)", len(positions))
+        return refill_sources(model, data, positions, rounds=config.latent_rounds, start=_start(config))
 
     def reader(self, info, *, name="model", encoder=None, store=None, model=None):
         from profiler.embeddings import EmbeddingStore
@@ -240,6 +250,51 @@ def fill_bank(model, data, positions: np.ndarray, rows: np.ndarray, seed: int) -
                    np.concatenate(_class_priors(data, positions)))
 
 
+def _start(config) -> tuple | None:
+    """The EM's start from the configuration (``profiler.models.latent.Start``), or None."""
+    if config.latent_start_trust is None:
+        return None
+    return config.latent_start_trust, config.latent_start_temperature, config.latent_start_by_rank
+
+
+def _image_labels(data, positions: np.ndarray) -> np.ndarray:
+    """(images, traits): each image's user's labels, the users at ``positions`` in order."""
+    owner = np.repeat(positions, data.counts[positions])
+    return np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
+
+
+def _em_views(layer, standard: np.ndarray, projection: np.ndarray, labels: np.ndarray, *, rounds: int,
+              whiten: float | None, start) -> tuple[np.ndarray, np.ndarray, list]:
+    """The EM of ``fill_sources`` on the axes ``projection`` (whitened after a first EM with
+    ``whiten``), then the side view's on the final axes where the layer has one: the final
+    axes, the rows on them and each view's ``Sources``."""
+    from profiler.models.latent import layout, whitened_sources
+
+    settings = dict(k=layer.k, temperature=layer.temperature, alpha=layer.alpha, rounds=rounds, start=start)
+    projection, projected, sources = whitened_sources(standard, projection, labels,
+                                                      layout(layer.classes, layer.pairs), whiten=whiten, **settings)
+    views = [sources]
+    if layer.side_traits:  # the side view: the EM again on the same axes, with the side pairs
+        views.append(whitened_sources(standard, projection, labels, layout(layer.classes, layer.side_pairs),
+                                      **settings)[2])
+    return projection, projected, views
+
+
+def _set_sources(model, projection: np.ndarray, standard: np.ndarray, views: list, spread: np.ndarray) -> None:
+    """Put the bank images ``standard`` with their sources (``views``) in the model: the
+    emission in the bank, or in the learnt source reader where the model has one (the bank
+    then gets the axes' ``spread``)."""
+    layer = model.get_layer("neighbours")
+    responsibilities = layer.padded(*(v.responsibilities for v in views))
+    pi = layer.padded(*(v.pi for v in views))
+    emission = layer.padded(*(v.emission for v in views))
+    if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
+        layer.set_bank(projection, standard, responsibilities, pi, spread=spread)
+        model.get_layer("reader").emission.assign(emission)
+    else:
+        layer.set_bank(projection, standard, responsibilities, pi, emission)
+
+
 def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int, *, rounds: int,
                  balanced: bool, whiten: float | None = None, start: tuple | None = None) -> None:
     """The "latent" pooling's bank: the training images (as ``fill_bank``) with their sources
@@ -255,28 +310,11 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     view (``side_traits``) gets the EM once more on the final axes, with its own pairs.
     ``start`` (trust, temperature, by rank: ``profiler.models.latent.Start``), or None: every
     EM's first round reads the neighbours' labels (``profiler.models.latent.label_reading``)."""
-    from profiler.models.latent import layout, whitened_sources
-
-    layer = model.get_layer("neighbours")
     standard, projection = _bank_rows(model, rows, seed)
-    owner = np.repeat(positions, data.counts[positions])
-    labels = np.stack([data.labels(t)[owner] for t in TRAITS], axis=1)
-    settings = dict(k=layer.k, temperature=layer.temperature, alpha=layer.alpha, rounds=rounds, start=start)
-    projection, projected, sources = whitened_sources(standard, projection, labels,
-                                                      layout(layer.classes, layer.pairs), whiten=whiten, **settings)
-    views = [sources]
-    if layer.side_traits:  # the side view: the EM again on the same axes, with the side pairs
-        views.append(whitened_sources(standard, projection, labels, layout(layer.classes, layer.side_pairs),
-                                      **settings)[2])
-    responsibilities = layer.padded(*(v.responsibilities for v in views))
-    pi = layer.padded(*(v.pi for v in views))
-    emission = layer.padded(*(v.emission for v in views))
-    if layer.reader:  # the emission moves to the learnt reader; the bank gives it unit-spread axes
-        spread = np.maximum(projected.std(axis=0), 1e-6)
-        layer.set_bank(projection, standard, responsibilities, pi, spread=spread)
-        model.get_layer("reader").emission.assign(emission)
-    else:
-        layer.set_bank(projection, standard, responsibilities, pi, emission)
+    projection, projected, views = _em_views(model.get_layer("neighbours"), standard, projection,
+                                             _image_labels(data, positions), rounds=rounds, whiten=whiten,
+                                             start=start)
+    _set_sources(model, projection, standard, views, np.maximum(projected.std(axis=0), 1e-6))
     if balanced:
         return  # the bias starts at zero
     priors = _class_priors(data, positions)
@@ -284,6 +322,38 @@ def fill_sources(model, data, positions: np.ndarray, rows: np.ndarray, seed: int
     for p in priors[1:]:
         log_prior = np.add.outer(log_prior, np.log(p))
     model.get_layer("posterior").bias.assign(log_prior.ravel().astype(np.float32))
+
+
+def refill_sources(model, data, positions: np.ndarray, *, rounds: int, start: tuple | None = None):
+    """A copy of the trained "latent" ``model`` whose bank holds the images of the users at
+    ``positions`` (all the training data's users, the validation split's too), their
+    sources found by the EM again (``fill_sources``' EMs, main view and side view) on the
+    model's own axes; everything else is the model's: its standardisation, axes and
+    their spread (so the learnt reader reads the images as it learnt to), learnt weights,
+    temperatures, decision record and out-of-distribution record, and adapted encoder.
+
+    The training split's model reads sources from the training users' images only, and
+    the validation users stay unseen to fit the calibration and the decision rules; once
+    those are fitted, the validation users' images only add to what the sources are read
+    from (README, "The bank refilled")."""
+    from profiler.models.set_head import SetProfiler
+
+    rows = np.concatenate([data.user_images(int(i)) for i in positions])
+    config = model.get_config()
+    config["neighbours"] = {**config["neighbours"], "size": len(rows)}
+    new = SetProfiler.from_config(config)
+    for layer in model.layers:
+        if layer.name != "neighbours" and layer.weights:
+            new.get_layer(layer.name).set_weights(layer.get_weights())
+    if model.encoder_top is not None:
+        new.encoder_top.assign(model.encoder_top_weights())
+    old, layer = model.get_layer("neighbours"), new.get_layer("neighbours")
+    projection = np.asarray(old.projection)
+    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+    projection, _, views = _em_views(layer, standard, projection, _image_labels(data, positions), rounds=rounds,
+                                     whiten=None, start=start)
+    _set_sources(new, projection, standard, views, np.asarray(old.spread) if old.reader else None)
+    return new
 
 
 SETS = SetFamily()
