@@ -64,6 +64,17 @@ def remove_stale(path: Path) -> None:
                 stale.unlink()
 
 
+def scratch_path(path: str | Path, suffix: str = "") -> Path:
+    """A name beside ``path`` for this process's own scratch file (the caller removes it),
+    once what dead processes left there under the same name is removed: a process killed
+    outright (SIGKILL, or SIGTERM, which Python leaves to the system) runs no ``finally``.
+    ``suffix`` ends the name (``.npy``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    return path.parent / f"{_prefix(path)}{os.getpid()}.scratch.tmp{suffix}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success rename it over ``path``.

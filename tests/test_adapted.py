@@ -1,5 +1,6 @@
 """profiler.encoders.adapted: the encoder's top adapted to a dataset, kept in the model file."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_training_with_adaptation_keeps_the_encoder_in_the_model(adapted_run, tm
     data, run, store = adapted_run
     assert json.loads((run / "config.json").read_text())["adapt_epochs"] == 1
     saved = list((run / "cache").glob("adapted-top-*.npz"))
-    assert len(saved) == 1 and not list((run / "cache").glob("adapt-activations-*"))  # the scratch is gone
+    assert len(saved) == 1 and not list((run / "cache").glob("*adapt-activations-*"))  # the scratch is gone
     model = load_model(run / "model.keras")
     info = model_info(model)
     assert info["encoder_top"] and info["encoder"].startswith("efficientnet_lite2_adapted:")
@@ -190,9 +191,26 @@ def test_adaptation_is_reused_and_a_failure_leaves_nothing(adapted_run, tmp_path
     assert again.identity == encoder.identity
     monkeypatch.setattr(adapted, "adapt_top", fail)  # a failure mid-way: no top saved, no scratch left
     work = tmp_path / "work"
+    # and what a run killed outright (no finally) left is removed; a live process's is kept
+    work.mkdir()
+    name = f".adapt-activations-{adapted.adaptation_key(dataset, config)}.npy"
+    (work / f"{name}.{dead_pid()}.scratch.tmp.npy").write_bytes(b"\0" * 1000)
+    (work / f"{name}.{os.getppid()}.scratch.tmp.npy").write_bytes(b"\0" * 1000)
     with EmbeddingStore(tmp_path / "s2.sqlite") as store, pytest.raises(RuntimeError, match="killed"):
         adapted.adapt_encoder(dataset, config, store, work=work, progress=False)
-    assert sorted(p.name for p in work.iterdir()) == []
+    assert sorted(p.name for p in work.iterdir()) == [f"{name}.{os.getppid()}.scratch.tmp.npy"]
+
+
+def dead_pid() -> int:
+    """A process id that no process has now."""
+    for pid in range(4_000_000, 3_000_000, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    raise AssertionError("no free process id")
 
 
 def test_a_model_file_claiming_huge_held_weights_is_refused(tmp_path):

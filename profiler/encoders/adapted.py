@@ -309,6 +309,7 @@ def adapt_encoder(dataset, config, store, *, work: Path, progress: bool = True) 
     4. Every recorded image's adapted embedding goes into ``store`` under the adapted
        encoder's identity, so training reads them without running the network again.
     """
+    from core.io import scratch_path
     from profiler.embeddings import EmbeddedData, content_digest, embed_users
     from profiler.encoders.efficientnet_lite import EfficientNetLite2Encoder
     from profiler.training import split_indices
@@ -323,7 +324,8 @@ def adapt_encoder(dataset, config, store, *, work: Path, progress: bool = True) 
     max_images = max(config.max_images, config.cap)
     room = sum(min(len(u.files), max_images) for u in dataset.users)
     work.mkdir(parents=True, exist_ok=True)
-    scratch = work / f"adapt-activations-{saved.stem[12:]}.npy"
+    # named for this process; a killed run's is removed by the next run here (core.io)
+    scratch = scratch_path(work / f"adapt-activations-{saved.stem[12:]}.npy", ".npy")
     try:
         rows = np.lib.format.open_memmap(scratch, "w+", np.float32,
                                          (max(room, 1), 2, *bottom.output.shape[1:]))
