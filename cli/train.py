@@ -75,7 +75,8 @@ def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, a
     The set model embeds every image once with a frozen pretrained encoder (cached by
     content, so a second run embeds nothing) and trains a small head; the 3D CNNs
     prepare an image cache first. RUN_DIR receives config.json, model.keras (the epoch with
-    the best validation mean macro-F), history.csv, curves.png and summary.json.
+    the best validation mean macro-F, calibrated on the validation users; the set model's
+    bank then refilled with their images too), history.csv, curves.png and summary.json.
     Interrupted runs continue with --resume.
 
     Examples:

@@ -242,23 +242,55 @@ def test_set_training_resumes_exactly_and_is_deterministic(tmp_path, pooling):
         assert not (tmp_path / other / "best.keras").exists()  # the checkpoint goes once the run is done
 
 
-def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path):
-    """After training, the "latent" model's bank holds every training-data user's images: the
-    same EM on the kept axes, everything learnt kept; refilled with the training users alone,
-    it is the trained model again."""
+def tiny_latent(tmp_path, **settings):
+    """24 users of 1 to 5 images embedded by the tiny encoder, and the default "latent" set
+    model's configuration for them (with ``settings``)."""
     from data_prep.dataset import load_dataset
     from profiler.config import resolve
     from profiler.embeddings import EmbeddedData, EmbeddingStore
-    from profiler.families.sets import refill_sources
-    from profiler.models import load_model, model_info
-    from profiler.training import split_indices, train
     from tests.helpers import TinyEncoder
 
     data = make_dataset(tmp_path / "d", {f"u{i:02d}": (i % 5) + 1 for i in range(24)})
     with EmbeddingStore(tmp_path / "e.sqlite") as store:
         embedded = EmbeddedData.build(load_dataset(data), TinyEncoder(), store)
-    config = resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
-                                           "epochs": 2, "latent_refill": "false"})
+    return embedded, resolve("default", overrides={"model": "set", "encoder": "tiny", "cap": 4, "batch_size": 4,
+                                                   "epochs": 2, **settings})
+
+
+def test_killed_while_refilling_the_bank_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Killed after the epochs, in the bank's refill: no model.keras yet, the checkpoint kept;
+    --resume writes the model file an uninterrupted run writes."""
+    from profiler.families.sets import SetFamily
+    from profiler.models import load_model, model_info
+    from profiler.training import train
+
+    embedded, config = tiny_latent(tmp_path)
+    train(embedded, tmp_path / "whole", config, progress=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SetFamily, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(embedded, tmp_path / "cut", config, progress=False)
+    assert (tmp_path / "cut" / "best.keras").is_file() and not (tmp_path / "cut" / "model.keras").exists()
+    monkeypatch.undo()
+    train(embedded, tmp_path / "cut", config, progress=False, resume=True)
+    a, b = load_model(tmp_path / "whole" / "model.keras"), load_model(tmp_path / "cut" / "model.keras")
+    assert model_info(a) == model_info(b)
+    assert all(np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights()))
+    assert not (tmp_path / "cut" / "best.keras").exists()
+
+
+def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path):
+    """After training, the "latent" model's bank holds every training-data user's images: the
+    same EM on the kept axes, everything learnt kept; refilled with the training users alone,
+    it is the trained model again."""
+    from profiler.families.sets import refill_sources
+    from profiler.models import load_model, model_info
+    from profiler.training import split_indices, train
+
+    embedded, config = tiny_latent(tmp_path, latent_refill="false")
     train(embedded, tmp_path / "plain", config, progress=False)
     train(embedded, tmp_path / "refilled", config.__class__(**{**config.__dict__, "latent_refill": True}),
           progress=False)
