@@ -1,5 +1,7 @@
 """The set model: a head over a user's image embeddings (with the "tiny" test encoder)."""
+import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -282,18 +284,18 @@ def test_killed_while_refilling_the_bank_resumes_to_the_same_model(tmp_path, mon
     assert not (tmp_path / "cut" / "best.keras").exists()
 
 
-def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path):
+def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeypatch, caplog):
     """After training, the "latent" model's bank holds every training-data user's images: the
     same EM on the kept axes, everything learnt kept; refilled with the training users alone,
     it is the trained model again."""
-    from profiler.families.sets import refill_sources
-    from profiler.models import load_model, model_info
+    from profiler.families.sets import SetFamily, refill_sources
+    from profiler.models import load_model, model_info, set_head
     from profiler.training import split_indices, train
 
     embedded, config = tiny_latent(tmp_path, latent_refill="false")
     train(embedded, tmp_path / "plain", config, progress=False)
-    train(embedded, tmp_path / "refilled", config.__class__(**{**config.__dict__, "latent_refill": True}),
-          progress=False)
+    refilling = dataclasses.replace(config, latent_refill=True)
+    train(embedded, tmp_path / "refilled", refilling, progress=False)
     plain, refilled = load_model(tmp_path / "plain" / "model.keras"), load_model(tmp_path / "refilled" / "model.keras")
     train_pos, val_pos = split_indices(embedded, config.val_share, config.seed)
     assert len(val_pos) == 4  # 0.15 of 24 users
@@ -321,6 +323,12 @@ def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path):
                               start=(config.latent_start_trust, config.latent_start_temperature, False))
     for wa, wb in zip(refilled.get_weights(), everyone.get_weights()):
         assert np.array_equal(wa, wb)
+    # a bank that all the users' images would make too large keeps the training users'
+    monkeypatch.setattr(set_head, "MAX_BANK_VALUES", 60 * (a.dims + a.width))
+    monkeypatch.setattr(logging.getLogger("profiler"), "propagate", True)  # the CLI's set-up may have cut it
+    with caplog.at_level("WARNING", logger="profiler"):
+        assert SetFamily().finish(plain, embedded, np.arange(len(images)), refilling) is plain
+    assert "the bank is not refilled with the validation users' images: 70 images are more than" in caplog.text
 
 
 def test_evidence_head_adds_each_images_scores():

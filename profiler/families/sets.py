@@ -187,7 +187,15 @@ class SetFamily(Family):
     def finish(self, model, data, positions, config):
         """The "latent" model's bank refilled from every user at ``positions`` (the training
         data's, validation users too: ``refill_sources``) unless ``latent_refill`` is false."""
+        from profiler.models import set_head
+
         if model.pooling != "latent" or not config.latent_refill:
+            return model
+        layer, images = model.get_layer("neighbours"), int(data.counts[positions].sum())
+        if images * (layer.dims + layer.width) > set_head.MAX_BANK_VALUES:
+            log.warning("the bank is not refilled with the validation users' images: %d images are more than "
+                        "a bank holds (%d values at most); it keeps the training users' %d", images,
+                        set_head.MAX_BANK_VALUES, layer.size)
             return model
         log.info("refilling the bank with the images of all %d users (the validation users' too)", len(positions))
         return refill_sources(model, data, positions, rounds=config.latent_rounds, start=_start(config))
