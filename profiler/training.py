@@ -355,7 +355,10 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
     from profiler.models.io import load_model, save_model
 
     save_model(model, run_dir / "last.keras")
-    best = load_model(run_dir / BEST_FILE)
+    kept = run_dir / BEST_FILE
+    if not kept.is_file() and (run_dir / "model.keras").is_file():
+        kept = run_dir / "model.keras"  # a run begun by an earlier version, which kept its checkpoint there
+    best = load_model(kept)
     calibration = calibrate(best, family, data, val_pos, config, train_pos) if config.calibrate else None
     save_model(family.finish(best, data, np.union1d(train_pos, val_pos), config), run_dir / "model.keras")
     summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)

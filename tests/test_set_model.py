@@ -284,6 +284,23 @@ def test_killed_while_refilling_the_bank_resumes_to_the_same_model(tmp_path, mon
     assert not (tmp_path / "cut" / "best.keras").exists()
 
 
+def test_a_run_begun_by_an_earlier_version_resumes_to_the_same_model(tmp_path):
+    """An earlier version kept its checkpoint as model.keras while the run lasted: a run it
+    began, interrupted, resumes from there to the model an uninterrupted run writes."""
+    from profiler.models import load_model
+    from profiler.training import train
+
+    embedded, config = tiny_latent(tmp_path, epochs="6")
+    train(embedded, tmp_path / "whole", config, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # in epoch 5 (5 batches an epoch), after the best (epoch 4)
+        train(embedded, tmp_path / "cut", config, progress=False, callbacks=[interrupt_after(23)])
+    (tmp_path / "cut" / "best.keras").rename(tmp_path / "cut" / "model.keras")
+    train(embedded, tmp_path / "cut", config, progress=False, resume=True)
+    a, b = load_model(tmp_path / "whole" / "model.keras"), load_model(tmp_path / "cut" / "model.keras")
+    assert all(np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights()))
+    assert not (tmp_path / "cut" / "best.keras").exists()
+
+
 def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeypatch, caplog):
     """After training, the "latent" model's bank holds every training-data user's images: the
     same EM on the kept axes, everything learnt kept; refilled with the training users alone,
