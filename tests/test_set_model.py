@@ -329,15 +329,14 @@ def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeyp
     a, b = plain.get_layer("neighbours"), refilled.get_layer("neighbours")
     assert np.array_equal(np.asarray(a.projection), np.asarray(b.projection))
     assert np.array_equal(np.asarray(a.spread), np.asarray(b.spread))
-    # the training users' images first, as the bank was: their rows are the same
+    # the training users' rows of the refilled bank are the trained bank's, in the same order
     first = np.isin(np.repeat(np.arange(len(images)), images), train_pos)
     np.testing.assert_allclose(np.asarray(b.bank)[first], np.asarray(a.bank), atol=1e-6)
-    again = refill_sources(plain, embedded, train_pos, rounds=config.latent_rounds,
-                           start=(config.latent_start_trust, config.latent_start_temperature, False))
+    start = (config.latent_start_trust, config.latent_start_temperature, config.latent_start_by_rank)
+    again = refill_sources(plain, embedded, train_pos, rounds=config.latent_rounds, start=start)
     for wa, wb in zip(plain.get_weights(), again.get_weights()):
         np.testing.assert_allclose(wa, wb, atol=1e-6)
-    everyone = refill_sources(plain, embedded, np.arange(len(images)), rounds=config.latent_rounds,
-                              start=(config.latent_start_trust, config.latent_start_temperature, False))
+    everyone = refill_sources(plain, embedded, np.arange(len(images)), rounds=config.latent_rounds, start=start)
     for wa, wb in zip(refilled.get_weights(), everyone.get_weights()):
         assert np.array_equal(wa, wb)
     # a bank that all the users' images would make too large keeps the training users'
