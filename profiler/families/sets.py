@@ -130,7 +130,7 @@ class SetFamily(Family):
         if data is None:
             raise ValueError("the set model is built from embeddings: give data")
         positions = np.arange(len(data)) if positions is None else positions
-        rows = np.concatenate([data.user_images(int(i)) for i in positions])
+        rows = _images(data, positions)
         neighbours = None
         if config.set_pooling == "neighbours":
             neighbours = {"size": len(rows), "dims": min(config.neighbour_dims, *rows.shape),
@@ -182,7 +182,7 @@ class SetFamily(Family):
         return run
 
     def ood_train_items(self, model, data, positions, config):
-        return np.concatenate([data.user_images(int(i)) for i in positions])
+        return _images(data, positions)
 
     def finish(self, model, data, positions, config):
         """The "latent" model's bank refilled from every user at ``positions`` (the training
@@ -226,11 +226,21 @@ def _pairs(pairs: list[str]) -> list[list[int]]:
     return [sorted(TRAITS.index(t) for t in pair.split("*")) for pair in pairs]
 
 
+def _images(data, positions: np.ndarray) -> np.ndarray:
+    """(images, dim): the image embeddings of the users at ``positions``, user after user."""
+    return np.concatenate([data.user_images(int(i)) for i in positions])
+
+
+def _standardised(model, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (images, dim) standardised as the model's first layer does."""
+    return np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+
+
 def _bank_rows(model, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The training images standardised as the model does, and their principal axes (dim, dims)."""
     from sklearn.decomposition import PCA
 
-    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+    standard = _standardised(model, rows)
     pca = PCA(model.get_layer("neighbours").dims, svd_solver="randomized", random_state=seed).fit(standard)
     return standard, pca.components_.T
 
@@ -346,7 +356,7 @@ def refill_sources(model, data, positions: np.ndarray, *, rounds: int, start: tu
     from (README, "The bank refilled")."""
     from profiler.models.set_head import SetProfiler
 
-    rows = np.concatenate([data.user_images(int(i)) for i in positions])
+    rows = _images(data, positions)
     config = model.get_config()
     config["neighbours"] = {**config["neighbours"], "size": len(rows)}
     new = SetProfiler.from_config(config)
@@ -357,7 +367,7 @@ def refill_sources(model, data, positions: np.ndarray, *, rounds: int, start: tu
         new.encoder_top.assign(model.encoder_top_weights())
     old, layer = model.get_layer("neighbours"), new.get_layer("neighbours")
     projection = np.asarray(old.projection)
-    standard = np.asarray(model.get_layer("standardize")(rows), np.float32).reshape(rows.shape)
+    standard = _standardised(model, rows)
     projection, _, views = _em_views(layer, standard, projection, _image_labels(data, positions), rounds=rounds,
                                      whiten=None, start=start)
     _set_sources(new, projection, standard, views, np.asarray(old.spread) if old.reader else None)
