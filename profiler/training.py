@@ -16,8 +16,9 @@
 - **The model file**: once training ends, the kept checkpoint is calibrated on the
   validation users (``calibrate``) and made final by its family (``Family.finish``: the
   "latent" set model refills its bank with the validation users' images), and written
-  as ``model.keras``; the checkpoint is left untouched until the run is done, so a run
-  killed on the way does all of it again from the same checkpoint.
+  as ``model.keras``; the checkpoint stays until the run is done, so a run killed on the
+  way does all of it again on ``--resume`` (training again first where Keras has already
+  dropped its backup) and writes the same model file.
 - **Resume**: Keras' ``BackupAndRestore`` keeps the weights and optimizer state of the
   last finished epoch; ``RunState`` keeps what Keras does not (the random generators,
   the best score, the patience used up) beside it. A run killed mid-epoch restarts that
