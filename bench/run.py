@@ -24,10 +24,17 @@ computed from a measured rate, not run). Stages:
   each model's rate as a fraction of the machine's measured peak over its counted FLOPs;
 - ``scaling``  bench/scaling.py: decode and ``profiler predict`` on 1,000 and 10,000
   users with peak memory, and projections to 100,000 and 1,000,000;
+- ``default``  bench/default_model.py: the default set model as training makes it
+  (EfficientNet-Lite2 int8 on the whole image and its centre crop, the ``latent`` head
+  with a bank of the demo's and of the paper's size) against the plain head and Lite0
+  the stages above measure: the head alone, its model file, new users end to end and
+  one user's latency;
 - ``score``  bench/score_speed.py: reading, validating and scoring 1,000,000 users.
 
 The full run takes about 15 minutes on 2 cores; ``--quick`` is a smoke test of the
-scripts with small sizes (its figures are not for reporting).
+scripts with small sizes (its figures are not for reporting). ``--stages`` runs some of
+them; the others' figures are kept from their last run (``results/bench/STAGE.json``) and
+marked so in the table, with the machine they were measured on.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = {"decode": "bench.decode", "train": "bench.train_speed", "step": "bench.step_speed",
           "encoder": "bench.encoder_speed", "inference": "bench.inference", "scaling": "bench.scaling",
-          "score": "bench.score_speed"}
+          "default": "bench.default_model", "score": "bench.score_speed"}
 
 
 def _value(f: dict) -> str:
@@ -69,6 +76,8 @@ def _note(f: dict) -> str:
         notes.append(f"{f['share_of_epoch']:.1%} of an epoch's time")
     if "in_memory_s" in f:
         notes.append(f"{f['in_memory_s']:.2f} s an epoch from memory")
+    if "load_s" in f:
+        notes.append(f"loads in {f['load_s']:.2f} s")
     if "workers_peak_mib" in f:
         notes.append(f"largest decoding worker {f['workers_peak_mib']:,.0f} MiB")
     if f.get("projected"):
@@ -77,18 +86,28 @@ def _note(f: dict) -> str:
 
 
 def render(results: dict, machine: dict, seconds: float) -> str:
+    kept = [stage for stage, payload in results.items() if payload.get("kept")]
     lines = ["# Benchmarks", "",
              f"Machine: {machine['cpu']} with CPU features {machine['features']}, {machine['cores']} cores; "
              f"Python {machine['python']}, "
              + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("cpu", "cores", "python", "features"))
-             + f". Made by `make bench` (`bench/run.py`) in {seconds / 60:.0f} min; every figure measured "
-             "in that run: median (min–max) over repeated runs.", "",
+             + (f". Made by `make bench` (`bench/run.py`) in {seconds / 60:.0f} min; every figure measured "
+                "in that run" if not kept else
+                f". Made by `bench/run.py --stages {' '.join(s for s in results if s not in kept)}` in "
+                f"{seconds / 60:.0f} min; every figure of those stages measured in that run, the others' "
+                f"({', '.join(kept)}) kept from an earlier run, each with its machine")
+             + ": median (min–max) over repeated runs.", "",
              "Absolute rates depend on the CPU (machines with AVX-512 and VNNI run the int8 encoder and "
              "the convolutions much faster than AVX2-only ones): compare machines by the ratios (× the "
              "before or the plain baseline, measured side by side in the same run) and the shares of "
              "the peak measured on the same machine, not by the absolute figures.", ""]
     for stage, payload in results.items():
-        lines += [f"## {stage}", "", "| figure | value | note |", "|---|---|---|"]
+        lines += [f"## {stage}", ""]
+        if payload.get("kept"):
+            m = payload.get("machine", {})
+            lines += [f"Not run this time (`--stages`): kept from `{payload['kept']}`, measured on "
+                      f"{m.get('cpu', 'an unrecorded machine')} with {m.get('features', 'unrecorded features')}.", ""]
+        lines += ["| figure | value | note |", "|---|---|---|"]
         lines += [f"| {f['figure']} | {_value(f)} | {_note(f)} |" for f in payload["figures"]]
         lines.append("")
     return "\n".join(lines)
@@ -119,7 +138,13 @@ def main() -> int:
     work = args.out / "bench"
     work.mkdir(parents=True, exist_ok=True)
     results = {}
-    for stage in args.stages:
+    for stage in STAGES:
+        if stage not in args.stages:  # not run now: an earlier run's figures, said so
+            kept = work / f"{stage}.json"
+            if kept.is_file():
+                results[stage] = {**json.loads(kept.read_text()), "kept": str(kept.relative_to(ROOT))
+                                  if kept.is_relative_to(ROOT) else str(kept)}
+            continue
         cmd = [sys.executable, "-m", STAGES[stage], "--json", str(work / f"{stage}.json")]
         cmd += ["--quick"] if args.quick else []
         print(f"$ {' '.join(cmd[1:])}", flush=True)
