@@ -64,6 +64,11 @@ class TrainConfig:
     # them: README, "Whitened axes"; the "neighbours" head was measured with 256)
     neighbour_dims: int = 512
     neighbour_temperature: float = 0.1  # vote weights exp((similarity - best) / temperature)
+    # "neighbours" and "latent" pooling: most images the bank holds (every image profiled
+    # reads its neighbours among them, and the model file keeps them: about 2.4 kB an image
+    # at 512 axes). A training split with more images fills it from a seeded random choice
+    # of its users; 100,000 images is about 8,000 users of 12, past twice the paper's 3,500
+    bank_images: int = 100_000
     latent_neighbours: int = 50  # "latent" pooling: training images whose sources each image reads
     latent_temperature: float = 0.05  # their vote weights, as neighbour_temperature
     latent_rounds: int = 3  # EM rounds over the training images' sources (profiler.models.latent)
@@ -136,6 +141,8 @@ class TrainConfig:
             (self.cap >= 1, "cap must be at least 1"),
             (self.neighbours >= 1 and self.neighbour_dims >= 1 and self.neighbour_temperature > 0,
              "neighbours and neighbour_dims must be at least 1 and neighbour_temperature positive"),
+            (isinstance(self.bank_images, int) and 1 <= self.bank_images <= 1 << 24,
+             f"bank_images must be a whole number from 1 to {1 << 24}, not {self.bank_images!r}"),
             (self.latent_neighbours >= 1 and self.latent_rounds >= 1 and self.latent_temperature > 0,
              "latent_neighbours and latent_rounds must be at least 1 and latent_temperature positive"),
             (self.latent_start_trust is None or (isinstance(self.latent_start_trust, (int, float))

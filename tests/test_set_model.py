@@ -347,6 +347,60 @@ def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeyp
     assert "the bank is not refilled with the validation users' images: 70 images are more than" in caplog.text
 
 
+def test_bank_users_fill_at_most_bank_images():
+    """All the users where their images fit; else a seeded choice whose images do, in order."""
+    from core.errors import ConfigError
+    from profiler.families.sets import bank_users
+
+    class Counts:
+        counts = np.array([3, 5, 2, 4, 6, 1, 3, 2])
+
+    data, positions = Counts(), np.array([0, 2, 3, 4, 7])  # 3 + 2 + 4 + 6 + 2 = 17 images
+    assert bank_users(data, positions, 17, seed=0).tolist() == positions.tolist()
+    chosen = bank_users(data, positions, 10, seed=0)
+    assert set(chosen) <= set(positions) and data.counts[chosen].sum() <= 10 and np.all(np.diff(chosen) > 0)
+    assert bank_users(data, positions, 10, seed=0).tolist() == chosen.tolist()  # seeded
+    # a prefix of one seeded order of the users: the next user would not have fitted
+    order = np.random.default_rng([0, 0xBA4C]).permutation(positions)
+    assert sorted(order[:len(chosen)]) == chosen.tolist()
+    assert data.counts[order[:len(chosen) + 1]].sum() > 10
+    with pytest.raises(ConfigError, match=r"bank_images is 1: fewer than the images of one user \(\d\); give at "
+                                          r"least as many as a user has"):
+        bank_users(data, positions, 1, seed=0)
+
+
+def test_a_bank_holds_at_most_bank_images(tmp_path, monkeypatch, caplog):
+    """A training split with more images than bank_images fills the bank from a choice of its
+    users; the refill takes a choice of every user as large, and adds nothing where the bank
+    is full already; a bank larger than a model holds is a clear error."""
+    from core.errors import ConfigError
+    from profiler.families.sets import SETS, bank_users
+    from profiler.models import load_model, set_head
+    from profiler.training import split_indices, train
+
+    embedded, config = tiny_latent(tmp_path, bank_images="40")  # the training split has 59 images
+    train(embedded, tmp_path / "run", config, progress=False)
+    train_pos, val_pos = split_indices(embedded, config.val_share, config.seed)
+    kept = bank_users(embedded, train_pos, 40, config.seed)
+    everyone = bank_users(embedded, np.union1d(train_pos, val_pos), 40, config.seed)
+    model = load_model(tmp_path / "run" / "model.keras")
+    size = model.get_layer("neighbours").size
+    assert size == max(embedded.counts[kept].sum(), embedded.counts[everyone].sum()) and size <= 40
+    built = SETS.build(config, embedded, train_pos)
+    assert built.get_layer("neighbours").size == embedded.counts[kept].sum()
+    # full already: no refill
+    monkeypatch.setattr(logging.getLogger("profiler"), "propagate", True)  # the CLI's set-up may have cut it
+    full = dataclasses.replace(config, bank_images=int(embedded.counts[kept].sum()))
+    with caplog.at_level("INFO", logger="profiler"):
+        assert SETS.finish(built, embedded, np.arange(len(embedded)), full) is built
+    assert f"the bank is not refilled: it holds {built.get_layer('neighbours').size} images already" in caplog.text
+    layer = built.get_layer("neighbours")
+    monkeypatch.setattr(set_head, "MAX_BANK_VALUES", 59 * (layer.dims + layer.width) - 1)
+    with pytest.raises(ConfigError, match="a bank of 59 images on 8 axes is more than a model holds; lower "
+                                          "bank_images \\(now 100,000\\) or neighbour_dims"):
+        SETS.build(dataclasses.replace(config, bank_images=100_000), embedded, train_pos)
+
+
 def test_evidence_head_adds_each_images_scores():
     """softmax(bias + sum over real images of (standardised image) @ kernel): checked by hand."""
     model = small_model("evidence")

@@ -187,6 +187,12 @@ def test_config_file_and_validation(tmp_path):
         resolve("default", overrides={"latent_start_by_rank": "maybe"})
     with pytest.raises(ConfigError, match="latent_start_by_rank must be true or false, not 1"):
         resolve("default", overrides={"latent_start_by_rank": 1})
+    # the bank's most images: a whole number from 1 to 2^24
+    assert resolve("default").bank_images == 100_000
+    assert resolve("default", overrides={"bank_images": "5000"}).bank_images == 5000
+    for bad in ("0", str((1 << 24) + 1)):
+        with pytest.raises(ConfigError, match=f"bank_images must be a whole number from 1 to 16777216, not {bad}"):
+            resolve("default", overrides={"bank_images": bad})
     assert resolve("default").latent_refill is True
     assert resolve("default", overrides={"latent_refill": "false"}).latent_refill is False
     with pytest.raises(ConfigError, match="latent_refill must be true or false, not 'yes please'"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DataError, ModelFileError
+from core.errors import ConfigError, DataError, ModelFileError
 from core.labels import LABELS, TRAITS
 from profiler.families.base import Family, Reader
 
@@ -130,6 +130,8 @@ class SetFamily(Family):
         if data is None:
             raise ValueError("the set model is built from embeddings: give data")
         positions = np.arange(len(data)) if positions is None else positions
+        if config.set_pooling in ("neighbours", "latent"):  # the bank's users
+            positions = bank_users(data, positions, config.bank_images, config.seed)
         rows = _images(data, positions)
         neighbours = None
         if config.set_pooling == "neighbours":
@@ -144,10 +146,16 @@ class SetFamily(Family):
                               "side_traits": [TRAITS.index(t) for t in config.latent_side_traits]}
                              if config.latent_side_traits else {}),
                           "reader_l2": config.latent_reader_l2 or 0.0}
-        model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
-                            dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
-                            mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours,
-                            encoder_top=None if data.encoder_top is None else [list(a.shape) for a in data.encoder_top])
+        try:
+            model = SetProfiler(data.dim, cap=config.cap, encoder=data.encoder, hidden=tuple(config.hidden),
+                                dense=tuple(config.dense), dropout=config.dropout, pooling=config.set_pooling,
+                                mean=rows.mean(axis=0), variance=rows.var(axis=0), neighbours=neighbours,
+                                encoder_top=None if data.encoder_top is None else [list(a.shape) for a in data.encoder_top])
+        except ValueError as e:
+            if neighbours is None or "out of range" not in str(e):
+                raise
+            raise ConfigError(f"a bank of {len(rows):,} images on {neighbours['dims']} axes is more than a model "
+                              f"holds; lower bank_images (now {config.bank_images:,}) or neighbour_dims") from None
         if data.encoder_top is not None:
             model.encoder_top.assign(data.encoder_top)
         if config.set_pooling == "neighbours":
@@ -186,12 +194,18 @@ class SetFamily(Family):
 
     def finish(self, model, data, positions, config):
         """The "latent" model's bank refilled from every user at ``positions`` (the training
-        data's, validation users too: ``refill_sources``) unless ``latent_refill`` is false."""
+        data's, validation users too: ``refill_sources``; at most ``bank_images`` images, as
+        ``build`` chooses them) unless ``latent_refill`` is false or the bank is full already."""
         from profiler.models import set_head
 
         if model.pooling != "latent" or not config.latent_refill:
             return model
+        positions = bank_users(data, positions, config.bank_images, config.seed)
         layer, images = model.get_layer("neighbours"), int(data.counts[positions].sum())
+        if images <= layer.size:  # the training split already filled the bank to bank_images
+            log.info("the bank is not refilled: it holds %d images already, and bank_images is %d",
+                     layer.size, config.bank_images)
+            return model
         if images * (layer.dims + layer.width) > set_head.MAX_BANK_VALUES:
             log.warning("the bank is not refilled with the validation users' images: %d images are more than "
                         "a bank holds (%d values at most); it keeps the training users' %d", images,
@@ -224,6 +238,21 @@ class SetFamily(Family):
 def _pairs(pairs: list[str]) -> list[list[int]]:
     """Pairs of traits written 'gender*occupation' as pairs of trait positions."""
     return [sorted(TRAITS.index(t) for t in pair.split("*")) for pair in pairs]
+
+
+def bank_users(data, positions: np.ndarray, most: int, seed: int) -> np.ndarray:
+    """The users at ``positions`` whose images fill a bank of at most ``most`` images: all
+    of them where their images are no more, else a random choice of them (seeded by
+    ``seed``), in position order."""
+    positions = np.asarray(positions, np.int64)
+    if int(data.counts[positions].sum()) <= most:
+        return positions
+    order = np.random.default_rng([seed, 0xBA4C]).permutation(positions)
+    chosen = order[np.cumsum(data.counts[order]) <= most]
+    if not len(chosen):
+        raise ConfigError(f"bank_images is {most:,}: fewer than the images of one user "
+                          f"({int(data.counts[order[0]])}); give at least as many as a user has")
+    return np.sort(chosen)
 
 
 def _images(data, positions: np.ndarray) -> np.ndarray:
