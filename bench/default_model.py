@@ -5,16 +5,18 @@ Reproduce with:  .venv/bin/python -m bench.default_model [--json out.json] [--qu
 The other stages measure the encoder runtimes on EfficientNet-Lite0 and a plain set head
 (mean and maximum pooling), which is what they were written for. The default model is
 EfficientNet-Lite2 in int8 on the whole image and its centre crop (two networks' runs an
-image) with the ``latent`` head, whose bank holds every training user's images (read
+image) with the ``latent`` head, whose bank holds the training users' images (read
 again for each image profiled: its nearest neighbours among them). Here it is built the
 way training builds it (``SetFamily.build``: standardisation, EM over the bank's sources;
 the learnt weights do not change the cost) from random embeddings of users of 11 images,
-with a bank the size of the demo's (850 training users) and of the paper's (3,500), and
-measured beside the plain head (the "before" the other stages measure), in one process:
+with a bank the size of the demo's (850 training users), of the paper's (3,500) and the
+largest the default makes (``bank_images``: 100,000 images, 9,090 users of 11), measured
+beside the plain head (the "before" the other stages measure), in one process:
 
 1. **The head alone**: the time to build each bank (one run: the principal axes and the
    EM over the bank's images, whose nearest-neighbour search grows with the square of
-   their number), users/s of a compiled forward pass at batch 1 and 32, each bank
+   their number) and the peak of the memory allocated meanwhile (``tracemalloc``, which
+   numpy's arrays report to; the synthetic embeddings included, TensorFlow's own not), users/s of a compiled forward pass at batch 1 and 32, each bank
    against the plain head; the model file's size and its load time.
 2. **New users end to end**: ``profiler``'s prediction of users of 11 JPEGs with an empty
    embedding cache (decode, both views, the head), the default encoder with the
@@ -28,14 +30,17 @@ import shutil
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import bench_jpegs, figure, photo_like, stage_main, timed
 
-BANKS = {"demo": 850, "paper": 3500}  # training users whose images the bank holds (the refill: all of them)
+# training users whose images the bank holds (the refill: all of them); the largest: as many
+# as the default's bank_images (100,000 images) takes of users of 11 images
 IMAGES_PER_USER = 11
+BANKS = {"demo-size bank": 850, "paper-size bank": 3500, "largest default bank": 100_000 // IMAGES_PER_USER}
 
 
 def warm(encoder) -> None:
@@ -85,18 +90,20 @@ def heads(encoder, quick: bool, work: Path) -> tuple[list[dict], Path]:
     from profiler.models.io import load_model, save_model
 
     runs = 2 if quick else 5
-    banks = {f"{size}-size bank ({n:,} users)": n for size, n in
-             ((size, 60 if quick else n) for size, n in BANKS.items())}
+    banks = {f"{name} ({n:,} users)": n for name, n in ((name, 60 if quick else n) for name, n in BANKS.items())}
     models = {"plain head (before)": plain_head(encoder)}
     build_s = {}
     for label, n in banks.items():
+        tracemalloc.start()  # numpy's arrays are traced too
         start = time.perf_counter()
         models[f"latent head, {label}"] = default_model(encoder, n)
-        build_s[label] = time.perf_counter() - start
-        print(f"built the {label} in {build_s[label]:.0f} s", file=sys.stderr)
+        build_s[label] = time.perf_counter() - start, tracemalloc.get_traced_memory()[1] / 2 ** 30
+        tracemalloc.stop()
+        print(f"built the {label} in {build_s[label][0]:.0f} s", file=sys.stderr)
     out, rates = [], {}
-    for label, seconds in build_s.items():  # the kNN over the bank grows with its square
-        out.append(figure("build", f"latent head, {label}: built (axes, EM over the bank's sources)", [seconds], "s"))
+    for label, (seconds, peak) in build_s.items():  # the kNN over the bank grows with its square
+        out.append(figure("build", f"latent head, {label}: built (axes, EM over the bank's sources)", [seconds], "s",
+                          peak_gib=peak))
     for batch in (1, 32):
         for label, model in models.items():
             x = _sets(model, batch)
@@ -114,11 +121,12 @@ def heads(encoder, quick: bool, work: Path) -> tuple[list[dict], Path]:
         loads = timed(lambda: load_model(path), 1 if quick else 3)
         out.append(figure("model file", f"{label}: model file", [path.stat().st_size / 2 ** 20], "MiB",
                           load_s=float(np.median(loads))))
-    return out, paths[f"latent head, {list(banks)[-1]}"]
+    return out, paths[f"latent head, {list(banks)[1]}"]
 
 
 def new_users(encoder, model_path: Path, quick: bool, work: Path) -> list[dict]:
     """Users of 11 JPEGs with an empty cache: the default model against Lite0 int8 + the plain head."""
+    from bench.new_users import alternate
     from data_prep.dataset import load_dataset
     from profiler.embeddings import EmbeddingStore
     from profiler.encoders import get_encoder
@@ -132,16 +140,7 @@ def new_users(encoder, model_path: Path, quick: bool, work: Path) -> list[dict]:
                   "default model": Predictor.load(model_path, encoder=encoder, store=work / "b.sqlite")}
     n_users = 20 if quick else 100
     users = load_dataset(bench_jpegs(n_users)).users
-    seconds = {label: [] for label in predictors}
-    for r in range(1 if quick else 2):
-        for label, predictor in predictors.items():
-            predictor.reader.store.close()
-            predictor.reader.store = EmbeddingStore(work / f"{r}-{len(seconds[label])}-{label[:4]}.sqlite")
-            start = time.perf_counter()
-            rows = [row for batch in iter_predictions(users, predictor) for row in batch]
-            seconds[label].append(time.perf_counter() - start)
-            assert len(rows) == len(users)
-            print(f"round {r + 1}: {label}: {n_users / seconds[label][-1]:.1f} users/s", file=sys.stderr)
+    seconds = alternate(predictors, users, 1 if quick else 2, work)
     before = float(np.median(seconds["Lite0 int8 + plain head (before)"]))
     out = [figure("new users", f"{n_users} new users of 11 JPEGs end to end, {label}",
                   [n_users / t for t in s], "users/s", ratio_to_baseline=before / float(np.median(s)),

@@ -30,11 +30,10 @@ RUNTIMES = {"keras (before)": "efficientnet_lite0", "litert int8": "efficientnet
 
 def measure(users: list, rounds: int, runtimes: dict[str, str] = RUNTIMES) -> dict[str, list[float]]:
     """Seconds to profile ``users`` with an empty embedding cache, per runtime, over ``rounds`` rounds."""
-    from profiler.embeddings import EmbeddingStore
     from profiler.encoders import get_encoder
     from profiler.models.io import save_model
     from profiler.models.set_head import SetProfiler
-    from profiler.prediction import Predictor, iter_predictions
+    from profiler.prediction import Predictor
 
     work = Path(tempfile.mkdtemp(prefix="bench-new-users-"))
     try:
@@ -44,20 +43,31 @@ def measure(users: list, rounds: int, runtimes: dict[str, str] = RUNTIMES) -> di
             encoder.embed(np.zeros((1, 224, 224, 3), np.float32))  # build or convert, load
             path = save_model(SetProfiler(encoder.dim, cap=32, encoder=encoder.identity), work / f"{name}.keras")
             predictors[label] = Predictor.load(path, encoder=encoder, store=work / "unused.sqlite")
-        seconds = {label: [] for label in runtimes}
-        for r in range(rounds):
-            for label, predictor in predictors.items():
-                predictor.reader.store.close()
-                predictor.reader.store = EmbeddingStore(work / f"{r}-{runtimes[label]}.sqlite")
-                t = time.perf_counter()
-                rows = [row for batch in iter_predictions(users, predictor) for row in batch]
-                seconds[label].append(time.perf_counter() - t)
-                assert len(rows) == len(users)
-                print(f"round {r + 1}: {label}: {len(users) / seconds[label][-1]:.1f} users/s", file=sys.stderr)
+        seconds = alternate(predictors, users, rounds, work)
         for predictor in predictors.values():
             predictor.reader.store.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return seconds
+
+
+def alternate(predictors: dict, users: list, rounds: int, work: Path) -> dict[str, list[float]]:
+    """Seconds each of ``predictors`` (set models, by label) takes to profile ``users`` with an
+    empty embedding cache (a fresh one under ``work`` each time), rounds alternating between
+    them so that all see the same machine."""
+    from profiler.embeddings import EmbeddingStore
+    from profiler.prediction import iter_predictions
+
+    seconds = {label: [] for label in predictors}
+    for r in range(rounds):
+        for k, (label, predictor) in enumerate(predictors.items()):
+            predictor.reader.store.close()
+            predictor.reader.store = EmbeddingStore(work / f"{r}-{k}.sqlite")
+            t = time.perf_counter()
+            rows = [row for batch in iter_predictions(users, predictor) for row in batch]
+            seconds[label].append(time.perf_counter() - t)
+            assert len(rows) == len(users)
+            print(f"round {r + 1}: {label}: {len(users) / seconds[label][-1]:.1f} users/s", file=sys.stderr)
     return seconds
 
 

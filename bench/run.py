@@ -76,6 +76,8 @@ def _note(f: dict) -> str:
         notes.append(f"{f['share_of_epoch']:.1%} of an epoch's time")
     if "in_memory_s" in f:
         notes.append(f"{f['in_memory_s']:.2f} s an epoch from memory")
+    if "peak_gib" in f:
+        notes.append(f"peak memory allocated {f['peak_gib']:.1f} GiB")
     if "load_s" in f:
         notes.append(f"loads in {f['load_s']:.2f} s")
     if "workers_peak_mib" in f:
