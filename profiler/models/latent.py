@@ -125,12 +125,17 @@ def nearest(points: np.ndarray, bank: np.ndarray, k: int, temperature: float, *,
     k = min(k, len(bank))
     index = np.zeros((len(points), k), np.int64)
     weight = np.zeros((len(points), k), np.float64)
+    # a chunk's similarities and their partition's indices take 12 bytes a bank row each:
+    # fewer points at a time past 65,536 rows keep them under 1.5 GiB (up to that size the
+    # chunk, so every similarity to the last bit, is what it always was)
+    chunk = min(chunk, max(64, (1 << 27) // max(len(bank), 1)))
     for i in range(0, len(points), chunk):
         sim = points[i:i + chunk] @ bank.T
         if exclude_same:
             sim[sim > 0.9999] = -2.0
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < len(bank) else np.tile(np.arange(k), (len(sim), 1))
-        s = np.take_along_axis(sim, top, axis=1).astype(np.float64)
+        np.negative(sim, out=sim)  # in place: the largest similarities first, no copy
+        top = np.argpartition(sim, k - 1, axis=1)[:, :k] if k < len(bank) else np.tile(np.arange(k), (len(sim), 1))
+        s = -np.take_along_axis(sim, top, axis=1).astype(np.float64)
         order = np.argsort(-s, axis=1, kind="stable")
         top, s = np.take_along_axis(top, order, axis=1), np.take_along_axis(s, order, axis=1)
         index[i:i + chunk] = top
@@ -141,7 +146,9 @@ def nearest(points: np.ndarray, bank: np.ndarray, k: int, temperature: float, *,
 def read_sources(index: np.ndarray, weight: np.ndarray, responsibilities: np.ndarray,
                  pi: np.ndarray, alpha: float) -> np.ndarray:
     """q(z | image): its neighbours' weighted responsibilities with ``alpha`` pseudo-votes of ``pi``."""
-    votes = np.einsum("nk,nkz->nz", weight, responsibilities[index])
+    votes = np.zeros((len(index), responsibilities.shape[1]), np.result_type(weight, responsibilities))
+    for i in range(0, len(index), 8192):  # the neighbours' responsibilities, (images, k, sources), a block at a time
+        votes[i:i + 8192] = np.einsum("nk,nkz->nz", weight[i:i + 8192], responsibilities[index[i:i + 8192]])
     return (votes + alpha * pi) / (weight.sum(axis=1, keepdims=True) + alpha)
 
 
