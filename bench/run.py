@@ -31,7 +31,7 @@ computed from a measured rate, not run). Stages:
   one user's latency;
 - ``score``  bench/score_speed.py: reading, validating and scoring 1,000,000 users.
 
-The full run takes about 15 minutes on 2 cores; ``--quick`` is a smoke test of the
+The full run takes 25–50 minutes on 2 cores by machine (the ``default`` stage 8–11); ``--quick`` is a smoke test of the
 scripts with small sizes (its figures are not for reporting). ``--stages`` runs some of
 them; the others' figures are kept from their last run (``results/bench/STAGE.json``) and
 marked so in the table, with the machine they were measured on.
