@@ -26,13 +26,14 @@ computed from a measured rate, not run). Stages:
   users with peak memory, and projections to 100,000 and 1,000,000;
 - ``default``  bench/default_model.py: the default set model as training makes it
   (EfficientNet-Lite2 int8 on the whole image and its centre crop, the ``latent`` head
-  with a bank of the demo's and of the paper's size) against the plain head and Lite0
-  the stages above measure: the head alone, its model file, new users end to end and
-  one user's latency;
+  with a bank of the demo's size, the paper's and the largest ``bank_images`` allows)
+  against the plain head and Lite0 the stages above measure: each bank's build time and
+  memory, the head alone, its model file, new users end to end and one user's latency;
 - ``score``  bench/score_speed.py: reading, validating and scoring 1,000,000 users.
 
-The full run takes 25–50 minutes on 2 cores by machine (the ``default`` stage 8–11); ``--quick`` is a smoke test of the
-scripts with small sizes (its figures are not for reporting). ``--stages`` runs some of
+The full run takes 25–50 minutes on 2 cores by machine (the ``default`` stage 8–11);
+``--quick`` is a smoke test of the scripts with small sizes (its figures are not for
+reporting). ``--stages`` runs some of
 them; the others' figures are kept from their last run (``results/bench/STAGE.json``) and
 marked so in the table, with the machine they were measured on.
 """
