@@ -393,7 +393,10 @@ def test_a_bank_holds_at_most_bank_images(tmp_path, monkeypatch, caplog):
     full = dataclasses.replace(config, bank_images=int(embedded.counts[kept].sum()))
     with caplog.at_level("INFO", logger="profiler"):
         assert SETS.finish(built, embedded, np.arange(len(embedded)), full) is built
-    assert f"the bank is not refilled: it holds {built.get_layer('neighbours').size} images already" in caplog.text
+    held = built.get_layer("neighbours").size
+    assert (f"the bank is not refilled: it holds {held} images already, as many as the "
+            f"{embedded.counts[bank_users(embedded, np.arange(len(embedded)), held, config.seed)].sum()} a refill "
+            f"would give it (bank_images {held})") in caplog.text
     layer = built.get_layer("neighbours")
     monkeypatch.setattr(set_head, "MAX_BANK_VALUES", 59 * (layer.dims + layer.width) - 1)
     with pytest.raises(ConfigError, match="a bank of 59 images on 8 axes is more than a model holds; lower "

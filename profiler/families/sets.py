@@ -202,9 +202,9 @@ class SetFamily(Family):
             return model
         positions = bank_users(data, positions, config.bank_images, config.seed)
         layer, images = model.get_layer("neighbours"), int(data.counts[positions].sum())
-        if images <= layer.size:  # the training split already filled the bank to bank_images
-            log.info("the bank is not refilled: it holds %d images already, and bank_images is %d",
-                     layer.size, config.bank_images)
+        if images <= layer.size:  # nothing to add: the training split filled it to bank_images already
+            log.info("the bank is not refilled: it holds %d images already, as many as the %d a refill "
+                     "would give it (bank_images %d)", layer.size, images, config.bank_images)
             return model
         if images * (layer.dims + layer.width) > set_head.MAX_BANK_VALUES:
             log.warning("the bank is not refilled with the validation users' images: %d images are more than "
