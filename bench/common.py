@@ -20,6 +20,28 @@ def photo_like(rng: np.random.Generator, size: int = 400) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(im, float) + noise, 0, 255).astype(np.uint8))
 
 
+def warm(encoder) -> None:
+    """Build or convert (once, cached) and load ``encoder``'s network before anything is
+    timed, through its own preprocessing (a multi-crop encoder takes several views an image)."""
+    encoder.embed(np.stack([encoder.preprocess(photo_like(np.random.default_rng(0), 256))]))
+
+
+def plain_set_head(encoder):
+    """An untrained set model with the plain head (mean and maximum pooling) over ``encoder``'s
+    embeddings: the encoder dominates what profiling costs, and the weights do not change it."""
+    from profiler.models.set_head import SetProfiler
+
+    return SetProfiler(encoder.dim, cap=32, encoder=encoder.identity)
+
+
+def random_sets(model, n: int, images: int = 11) -> np.ndarray:
+    """``n`` users of ``images`` random embeddings in a set model's input layout (the last column: present)."""
+    x = np.random.default_rng(0).normal(size=(n, model.cap, model.dim + 1)).astype(np.float32)
+    x[:, :, -1] = 0
+    x[:, :images, -1] = 1
+    return x
+
+
 def make_jpeg_dataset(root: Path, users: int, images: int = 11, size: int = 400, seed: int = 0) -> Path:
     """A dataset folder of ``users`` users with ``images`` JPEGs each (no truth file)."""
     if (root / "images").is_dir() and len(list((root / "images").iterdir())) == users:

@@ -35,17 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import bench_jpegs, figure, photo_like, stage_main, timed
+from bench.common import bench_jpegs, figure, plain_set_head, random_sets, stage_main, timed, warm
 
 # training users whose images the bank holds (the refill: all of them); the largest: as many
 # as the default's bank_images (100,000 images) takes of users of 11 images
 IMAGES_PER_USER = 11
 BANKS = {"demo-size bank": 850, "paper-size bank": 3500, "largest default bank": 100_000 // IMAGES_PER_USER}
-
-
-def warm(encoder) -> None:
-    """Convert (once, cached) and load ``encoder``'s network: not part of what is timed."""
-    encoder.embed(np.stack([encoder.preprocess(photo_like(np.random.default_rng(0), 256))]))
 
 
 def synthetic_embeddings(encoder, n_users: int, seed: int = 0):
@@ -70,28 +65,13 @@ def default_model(encoder, n_users: int):
     return SETS.build(config, synthetic_embeddings(encoder, n_users))
 
 
-def plain_head(encoder):
-    """The set head the ``inference`` and ``encoder`` stages measure (mean and maximum pooling)."""
-    from profiler.models.set_head import SetProfiler
-
-    return SetProfiler(encoder.dim, cap=32, encoder=encoder.identity)
-
-
-def _sets(model, n: int) -> np.ndarray:
-    """``n`` users of 11 random embeddings in the head's input layout (the last column: present)."""
-    x = np.random.default_rng(0).normal(size=(n, model.cap, model.dim + 1)).astype(np.float32)
-    x[:, :, -1] = 0
-    x[:, :IMAGES_PER_USER, -1] = 1
-    return x
-
-
 def heads(encoder, quick: bool, work: Path) -> tuple[list[dict], Path]:
     """The head alone per bank against the plain head; the paper-size model's path."""
     from profiler.models.io import load_model, save_model
 
     runs = 2 if quick else 5
     banks = {f"{name} ({n:,} users)": n for name, n in ((name, 60 if quick else n) for name, n in BANKS.items())}
-    models = {"plain head (before)": plain_head(encoder)}
+    models = {"plain head (before)": plain_set_head(encoder)}
     build_s = {}
     for label, n in banks.items():
         tracemalloc.start()  # numpy's arrays are traced too
@@ -106,7 +86,7 @@ def heads(encoder, quick: bool, work: Path) -> tuple[list[dict], Path]:
                           peak_gib=peak))
     for batch in (1, 32):
         for label, model in models.items():
-            x = _sets(model, batch)
+            x = random_sets(model, batch, IMAGES_PER_USER)
             rates[label, batch] = [batch / t for t in timed(lambda: model.predict_on_batch(x), runs, warmup=2)]
     for batch in (1, 32):
         before = float(np.median(rates["plain head (before)", batch]))
@@ -135,7 +115,7 @@ def new_users(encoder, model_path: Path, quick: bool, work: Path) -> list[dict]:
 
     lite0 = get_encoder("efficientnet_lite0_int8")
     warm(lite0)
-    baseline = save_model(plain_head(lite0), work / "lite0.keras")
+    baseline = save_model(plain_set_head(lite0), work / "lite0.keras")
     predictors = {"Lite0 int8 + plain head (before)": Predictor.load(baseline, encoder=lite0, store=work / "a.sqlite"),
                   "default model": Predictor.load(model_path, encoder=encoder, store=work / "b.sqlite")}
     n_users = 20 if quick else 100

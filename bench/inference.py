@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import bench_jpegs, figure, stage_main, timed, untrained
+from bench.common import bench_jpegs, figure, plain_set_head, random_sets, stage_main, timed, untrained
 
 
 def measured_peak(runs: int = 10) -> list[float]:
@@ -52,14 +52,7 @@ def _models():
         out[name] = (untrained(name),
                      lambda n: np.random.default_rng(0).integers(0, 255, (n, 11, 64, 64, 3), np.uint8))
     head = SetProfiler(2560, cap=32, encoder="efficientnet_lite0:avgmax@bench")
-
-    def sets(n):
-        x = np.random.default_rng(0).normal(size=(n, 32, 2561)).astype(np.float32)
-        x[:, :, -1] = 0
-        x[:, :11, -1] = 1
-        return x
-
-    out["set head"] = (head, sets)
+    out["set head"] = (head, lambda n: random_sets(head, n))
     return out
 
 
@@ -157,9 +150,8 @@ def latency(quick: bool) -> list[dict]:
         for name, (model, _) in _models().items():
             if name == "set head":
                 from profiler.encoders import get_encoder
-                from profiler.models.set_head import SetProfiler
 
-                model = SetProfiler(2560, cap=32, encoder=get_encoder("efficientnet_lite0").identity)
+                model = plain_set_head(get_encoder("efficientnet_lite0"))
                 name = "set model (encoder + head)"
             path = Path(tmp) / f"{name.split()[0]}.keras"
             save_model(model, path)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, new_users_args
+from bench.common import machine, new_users_args, plain_set_head, warm
 
 RUNTIMES = {"keras (before)": "efficientnet_lite0", "litert int8": "efficientnet_lite0_int8",
             "litert float32": "efficientnet_lite0_float32"}
@@ -32,7 +32,6 @@ def measure(users: list, rounds: int, runtimes: dict[str, str] = RUNTIMES) -> di
     """Seconds to profile ``users`` with an empty embedding cache, per runtime, over ``rounds`` rounds."""
     from profiler.encoders import get_encoder
     from profiler.models.io import save_model
-    from profiler.models.set_head import SetProfiler
     from profiler.prediction import Predictor
 
     work = Path(tempfile.mkdtemp(prefix="bench-new-users-"))
@@ -40,8 +39,8 @@ def measure(users: list, rounds: int, runtimes: dict[str, str] = RUNTIMES) -> di
         predictors = {}
         for label, name in runtimes.items():
             encoder = get_encoder(name)
-            encoder.embed(np.zeros((1, 224, 224, 3), np.float32))  # build or convert, load
-            path = save_model(SetProfiler(encoder.dim, cap=32, encoder=encoder.identity), work / f"{name}.keras")
+            warm(encoder)
+            path = save_model(plain_set_head(encoder), work / f"{name}.keras")
             predictors[label] = Predictor.load(path, encoder=encoder, store=work / "unused.sqlite")
         seconds = alternate(predictors, users, rounds, work)
         for predictor in predictors.values():

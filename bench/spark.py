@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, new_users_args
+from bench.common import machine, new_users_args, plain_set_head, warm
 
 
 def worker_peaks() -> list[int]:
@@ -60,7 +60,6 @@ def main() -> int:
     from profiler import spark as engine
     from profiler.encoders import DEFAULT_ENCODER, get_encoder
     from profiler.models.io import save_model
-    from profiler.models.set_head import SetProfiler
     from profiler.prediction import Predictor, iter_predictions
 
     t = time.perf_counter()
@@ -70,8 +69,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
     os.environ["PROFILER_CACHE_DIR"] = str(work / "cache")  # the converted encoder, for every process
     encoder = get_encoder(DEFAULT_ENCODER)
-    encoder.embed(np.zeros((1, 224, 224, 3), np.float32))  # convert once, before any timing
-    model = save_model(SetProfiler(encoder.dim, cap=32, encoder=encoder.identity), work / "set.keras")
+    warm(encoder)  # convert once, before any timing
+    model = save_model(plain_set_head(encoder), work / "set.keras")
     labels = Predictor.load(model, store=work / "unused.sqlite").info["labels"]
 
     def single(tag: str) -> float:
@@ -107,9 +106,9 @@ def main() -> int:
     for r in range(args.rounds):
         seconds["single process"].append(single(f"s{r}"))
         for cores in (1, 2):
-            (cold, warm), _ = on_spark(f"local[{cores}]", f"{cores}-{r}")
+            (cold, again), _ = on_spark(f"local[{cores}]", f"{cores}-{r}")
             seconds[f"Spark local[{cores}], first job"].append(cold)
-            seconds[f"Spark local[{cores}], next job"].append(warm)
+            seconds[f"Spark local[{cores}], next job"].append(again)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), file=sys.stderr)
     third = max(1, len(users) // 3)
     memory = {n: max(on_spark("local[1]", f"m{n}", n, jobs=1)[1] or [0]) for n in (third, len(users))}
