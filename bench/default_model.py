@@ -16,8 +16,9 @@ beside the plain head (the "before" the other stages measure), in one process:
 1. **The head alone**: the time to build each bank (one run: the principal axes and the
    EM over the bank's images, whose nearest-neighbour search grows with the square of
    their number) and the peak of the memory allocated meanwhile (``tracemalloc``, which
-   numpy's arrays report to; the synthetic embeddings included, TensorFlow's own not), users/s of a compiled forward pass at batch 1 and 32, each bank
-   against the plain head; the model file's size and its load time.
+   numpy's arrays report to; the synthetic embeddings included, TensorFlow's own not),
+   users/s of a compiled forward pass at batch 1 and 32, each bank against the plain
+   head; the model file's size and its load time.
 2. **New users end to end**: ``profiler``'s prediction of users of 11 JPEGs with an empty
    embedding cache (decode, both views, the head), the default encoder with the
    paper-size bank against EfficientNet-Lite0 int8 with the plain head (the fastest
@@ -37,10 +38,10 @@ import numpy as np
 
 from bench.common import bench_jpegs, figure, plain_set_head, random_sets, stage_main, timed, warm
 
-# training users whose images the bank holds (the refill: all of them); the largest: as many
-# as the default's bank_images (100,000 images) takes of users of 11 images
+# training users whose images the bank holds (the refill: all of them); the largest bank,
+# as many as the default's bank_images takes of users of 11 images, is added from the configuration
 IMAGES_PER_USER = 11
-BANKS = {"demo-size bank": 850, "paper-size bank": 3500, "largest default bank": 100_000 // IMAGES_PER_USER}
+BANKS = {"demo-size bank": 850, "paper-size bank": 3500}
 
 
 def synthetic_embeddings(encoder, n_users: int, seed: int = 0):
@@ -69,8 +70,11 @@ def heads(encoder, quick: bool, work: Path) -> tuple[list[dict], Path]:
     """The head alone per bank against the plain head; the paper-size model's path."""
     from profiler.models.io import load_model, save_model
 
+    from profiler.config import resolve
+
     runs = 2 if quick else 5
-    banks = {f"{name} ({n:,} users)": n for name, n in ((name, 60 if quick else n) for name, n in BANKS.items())}
+    sizes = {**BANKS, "largest default bank": resolve("default").bank_images // IMAGES_PER_USER}
+    banks = {f"{name} ({n:,} users)": n for name, n in ((name, 60 if quick else n) for name, n in sizes.items())}
     models = {"plain head (before)": plain_set_head(encoder)}
     build_s = {}
     for label, n in banks.items():
