@@ -350,23 +350,54 @@ def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeyp
 def test_bank_users_fill_at_most_bank_images():
     """All the users where their images fit; else a seeded choice whose images do, in order."""
     from core.errors import ConfigError
-    from profiler.families.sets import bank_users
+    from profiler.families.sets import bank_users, stratified_order
 
     class Counts:
         counts = np.array([3, 5, 2, 4, 6, 1, 3, 2])
+
+        def labels(self, trait):
+            return np.zeros(8, np.int64)
 
     data, positions = Counts(), np.array([0, 2, 3, 4, 7])  # 3 + 2 + 4 + 6 + 2 = 17 images
     assert bank_users(data, positions, 17, seed=0).tolist() == positions.tolist()
     chosen = bank_users(data, positions, 10, seed=0)
     assert set(chosen) <= set(positions) and data.counts[chosen].sum() <= 10 and np.all(np.diff(chosen) > 0)
     assert bank_users(data, positions, 10, seed=0).tolist() == chosen.tolist()  # seeded
-    # a prefix of one seeded order of the users: the next user would not have fitted
+    # one label combination: a prefix of the seeded permutation; the next user would not have fitted
     order = np.random.default_rng([0, 0xBA4C]).permutation(positions)
+    assert stratified_order(data, positions, 0).tolist() == order.tolist()
     assert sorted(order[:len(chosen)]) == chosen.tolist()
     assert data.counts[order[:len(chosen) + 1]].sum() > 10
     with pytest.raises(ConfigError, match=r"bank_images is 1: fewer than the images of one user \(\d\); give at "
                                           r"least as many as a user has"):
         bank_users(data, positions, 1, seed=0)
+
+
+def test_the_bank_keeps_each_label_combinations_share():
+    """Every prefix of the bank's order holds each label combination's share of the users up
+    to rounding (90 users: 60 of one combination, 20 and 10 of two others; a prefix ending at
+    place f holds round(f * n) of a combination of n, within 1/2 + share * 3/2 of its share)."""
+    from profiler.families.sets import bank_users, stratified_order
+
+    gender = np.array([0] * 60 + [1] * 20 + [1] * 10)
+    occupation = np.array([0] * 60 + [3] * 20 + [5] * 10)
+
+    class Users:
+        counts = np.full(90, 2)
+
+        def labels(self, trait):
+            return {"gender": gender, "location": np.zeros(90, np.int64), "occupation": occupation}[trait]
+
+    data = Users()
+    order = stratified_order(data, np.arange(90), seed=3)
+    assert sorted(order.tolist()) == list(range(90))
+    groups = (np.arange(90) < 60, (np.arange(90) >= 60) & (np.arange(90) < 80), np.arange(90) >= 80)
+    for n in range(1, 91):
+        for members, size in zip(groups, (60, 20, 10)):
+            assert abs(members[order[:n]].sum() - size / 90 * n) <= 0.5 + size / 90 * 1.5
+    chosen = bank_users(data, np.arange(90), 18, seed=3)  # 9 users of 2 images
+    assert (chosen < 60).sum() == 6 and ((chosen >= 60) & (chosen < 80)).sum() == 2 and (chosen >= 80).sum() == 1
+    assert stratified_order(data, np.arange(90), seed=4).tolist() != order.tolist()  # the seed decides
 
 
 def test_a_bank_holds_at_most_bank_images(tmp_path, monkeypatch, caplog):

@@ -242,17 +242,33 @@ def _pairs(pairs: list[str]) -> list[list[int]]:
 
 def bank_users(data, positions: np.ndarray, most: int, seed: int) -> np.ndarray:
     """The users at ``positions`` whose images fill a bank of at most ``most`` images: all
-    of them where their images are no more, else a random choice of them (seeded by
-    ``seed``), in position order."""
+    of them where their images are no more, else a choice of them stratified by their
+    labels (``stratified_order``, seeded by ``seed``), in position order."""
     positions = np.asarray(positions, np.int64)
     if int(data.counts[positions].sum()) <= most:
         return positions
-    order = np.random.default_rng([seed, 0xBA4C]).permutation(positions)
+    order = stratified_order(data, positions, seed)
     chosen = order[np.cumsum(data.counts[order]) <= most]
     if not len(chosen):
         raise ConfigError(f"bank_images is {most:,}: fewer than the images of one user "
                           f"({int(data.counts[order[0]])}); give at least as many as a user has")
     return np.sort(chosen)
+
+
+def stratified_order(data, positions: np.ndarray, seed: int) -> np.ndarray:
+    """``positions`` in an order whose every prefix keeps about each label combination's share
+    of them: a seeded permutation, then each user placed at ``(rank + 1/2) / n``, its rank among
+    its combination's ``n`` users (systematic stratified sampling). A prefix ending at place
+    ``f`` holds ``round(f * n)`` users of each combination, so its users of a combination of
+    share ``s`` are within ``1/2 + s * K/2`` of ``s`` times its length (``K`` combinations)."""
+    order = np.random.default_rng([seed, 0xBA4C]).permutation(np.asarray(positions, np.int64))
+    combination = np.stack([data.labels(t)[order] for t in TRAITS], axis=1)
+    _, key, size = np.unique(combination, axis=0, return_inverse=True, return_counts=True)
+    key = np.asarray(key).ravel()
+    rank = np.zeros(len(order))
+    for k in range(len(size)):
+        rank[key == k] = (np.arange(size[k]) + 0.5) / size[k]
+    return order[np.argsort(rank, kind="stable")]
 
 
 def _images(data, positions: np.ndarray) -> np.ndarray:
