@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from core.labels import LABELS, TRAITS
 
 log = logging.getLogger("profiler")
 STORE_NAME = "embeddings.sqlite"
+#: seconds a process waits on another's hold of the embedding cache before giving up
+OPEN_TIMEOUT = 60
 #: images embedded per network call group (bounds memory: ~0.6 MB an image at 224 px)
 EMBED_CHUNK = 128
 
@@ -53,15 +56,32 @@ class EmbeddingStore:
         self.path = Path(path) if path is not None else default_store_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS embeddings (encoder TEXT NOT NULL, "
-                             "digest BLOB NOT NULL, vector BLOB, reason TEXT, "
-                             "PRIMARY KEY (encoder, digest)) WITHOUT ROWID")
+            self._db = sqlite3.connect(self.path, timeout=OPEN_TIMEOUT, check_same_thread=False)
+            self._set_up()
         except (OSError, sqlite3.Error) as exc:
             raise DataError(f"{self.path}: cannot open the embedding cache: {exc}") from exc
         self.hits = 0
         self.misses = 0
+
+    def _set_up(self) -> None:
+        """WAL mode and the table, retried while another process sets up the same new file:
+        SQLite answers "database is locked" at once, not after its busy timeout, to a
+        connection that would have to wait on another's change of journal mode or schema
+        (several Spark workers opening one new cache did; ``tests/test_embeddings.py``)."""
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        pause = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS embeddings (encoder TEXT NOT NULL, "
+                                 "digest BLOB NOT NULL, vector BLOB, reason TEXT, "
+                                 "PRIMARY KEY (encoder, digest)) WITHOUT ROWID")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.5)
 
     def close(self) -> None:
         self._db.close()

@@ -110,3 +110,81 @@ def test_an_interrupted_run_keeps_the_chunks_it_finished(tmp_path, monkeypatch):
         before = TinyEncoder.calls
         again = embed_users(users, TinyEncoder(), store)
         assert TinyEncoder.calls - before == 3 and len(again[0].vectors) == 7
+
+
+class _Locked:
+    """A connection whose first ``times`` statements fail as SQLite fails a connection that
+    would wait on another's change of journal mode or schema: at once, "database is locked"."""
+
+    def __init__(self, db, times):
+        self.db, self.times, self.tried = db, times, 0
+
+    def execute(self, *args):
+        import sqlite3
+
+        self.tried += 1
+        if self.tried <= self.times:
+            raise sqlite3.OperationalError("database is locked")
+        return self.db.execute(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __enter__(self):
+        return self.db.__enter__()
+
+    def __exit__(self, *exc):
+        return self.db.__exit__(*exc)
+
+
+def test_a_new_cache_set_up_by_another_process_at_once_is_waited_for(tmp_path, monkeypatch):
+    """Opening retries "database is locked" while another process sets up the same new file;
+    past OPEN_TIMEOUT, and on any other error, it gives up with the file named."""
+    import sqlite3
+
+    from core.errors import DataError
+    from profiler import embeddings
+
+    connect = sqlite3.connect
+    made = []
+    monkeypatch.setattr(embeddings.sqlite3, "connect", lambda *a, **k: made.append(_Locked(connect(*a, **k), 3))
+                        or made[-1])
+    with EmbeddingStore(tmp_path / "a.sqlite") as store:
+        assert made[0].tried == 3 + 2  # three refusals, then WAL mode and the table
+        store.put("enc", {b"x": np.ones(2, np.float32)})
+        assert store.get("enc", [b"x"])[b"x"].tolist() == [1.0, 1.0]
+    monkeypatch.setattr(embeddings, "OPEN_TIMEOUT", 0.05)
+    monkeypatch.setattr(embeddings.sqlite3, "connect", lambda *a, **k: _Locked(connect(*a, **k), 10 ** 9))
+    with pytest.raises(DataError, match=r"b\.sqlite: cannot open the embedding cache: database is locked"):
+        EmbeddingStore(tmp_path / "b.sqlite")
+    monkeypatch.setattr(embeddings.sqlite3, "connect", connect)
+    (tmp_path / "c.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(DataError, match=r"c\.sqlite: cannot open the embedding cache: file is not a database"):
+        EmbeddingStore(tmp_path / "c.sqlite")
+
+
+def _open_and_put(args):
+    import time
+
+    path, start = args
+    while time.time() < start:  # every process opens the new file at the same moment
+        pass
+    try:
+        with EmbeddingStore(path) as store:
+            store.put("enc", {bytes([1]): np.zeros(3, np.float32)})
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - the test reports what failed
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_processes_opening_one_new_cache_at_once_all_succeed(tmp_path):
+    """Four processes open the same new cache file at the same moment, 20 times (before the
+    retry, about one time in 13 one of them failed with "database is locked")."""
+    import multiprocessing
+    import time
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for k in range(20):
+            start = time.time() + 0.1
+            outcomes = pool.map(_open_and_put, [(tmp_path / f"{k}.sqlite", start)] * 4)
+            assert outcomes == ["ok"] * 4
