@@ -3,7 +3,8 @@
 Reproduce with:
   .venv/bin/python -m bench.encoders [--data data/sample] [--out results/encoders.md]
 
-For each encoder: the time to embed images (decode and preprocessing included; median
+For each encoder (by default the default encoder, Lite2 in int8 on the whole image alone,
+Lite0 in int8 and open_nsfw): the time to embed images (decode and preprocessing included; median
 and spread over 3 runs of 128 images into an empty cache), how well its embeddings tell
 apart the sample data's signal emoji (1-nearest-neighbour accuracy of the test split's
 signal images against the train split's, using the answer key ``manifest.csv``; a
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine
+from profiler.encoders import DEFAULT_ENCODER
 
 
 def embed_speed(name: str, paths: list[Path], runs: int = 3) -> dict:
@@ -120,9 +122,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/sample"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "open_nsfw"])
+    parser.add_argument("--encoders", nargs="+", default=[DEFAULT_ENCODER, "efficientnet_lite2_int8",
+                                                           "efficientnet_lite0_int8", "open_nsfw"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--poolings", nargs="*", default=["mean", "max", "meanmax", "attention", "sum"])
+    parser.add_argument("--poolings", nargs="*", default=["latent", "neighbours", "evidence", "mean", "attention"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not (args.data / "manifest.csv").is_file():
@@ -158,7 +161,7 @@ def main() -> int:
         "head train s": f"{r['head_train_s']:.0f}",
     } for name, r in rows.items()])
     lines = ["# Encoders for the set model, compared on the sample data", "",
-             f"Machine: {machine()['cpu']}, {machine()['cores']} cores. Reproduce: "
+             f"Machine: {machine()['cpu']} ({machine()['features']}), {machine()['cores']} cores. Reproduce: "
              "`.venv/bin/python -m bench.encoders`.", "",
              "ms / image: decode, preprocess and embed, median (min-max) of 3 runs of 128 images. "
              "Signal emoji 1-NN: how often a test signal image's nearest train image shows the same "
@@ -177,10 +180,12 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
+        from core.io import atomic_write_text
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "encoders": rows,
-                                                           "poolings": pooling_rows}, indent=2) + "\n")
+        atomic_write_text(args.out, text)
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(
+            {"machine": machine(), "encoders": rows, "poolings": pooling_rows}, indent=2) + "\n")
     return 0
 
 
