@@ -67,7 +67,8 @@ class TrainConfig:
     # "neighbours" and "latent" pooling: most images the bank holds (every image profiled
     # reads its neighbours among them, and the model file keeps them: about 2.4 kB an image
     # at 512 axes). A training split with more images fills it from a seeded choice of its
-    # users, stratified by their labels; 100,000 images is about 8,000 users of 12, past twice the paper's 3,500
+    # users, stratified by their labels; 100,000 images is about 8,000 users of 12, past
+    # twice the paper's 3,500
     bank_images: int = 100_000
     latent_neighbours: int = 50  # "latent" pooling: training images whose sources each image reads
     latent_temperature: float = 0.05  # their vote weights, as neighbour_temperature

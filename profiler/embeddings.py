@@ -78,7 +78,7 @@ class EmbeddingStore:
                                  "PRIMARY KEY (encoder, digest)) WITHOUT ROWID")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                     raise
                 time.sleep(pause)
                 pause = min(2 * pause, 0.5)
