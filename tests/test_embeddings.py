@@ -183,7 +183,7 @@ def test_processes_opening_one_new_cache_at_once_all_succeed(tmp_path):
     import multiprocessing
     import time
 
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:  # no fork of a process running TensorFlow
         for k in range(20):
             start = time.time() + 0.1
             outcomes = pool.map(_open_and_put, [(tmp_path / f"{k}.sqlite", start)] * 4)
