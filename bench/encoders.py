@@ -160,8 +160,9 @@ def main() -> int:
         **{f"{t} F": f"{r['macro_f'][t]:.3f} ({r['fraction_of_ceiling'][t]:.0%})" for t in traits},
         "head train s": f"{r['head_train_s']:.0f}",
     } for name, r in rows.items()])
+    here = machine()
     lines = ["# Encoders for the set model, compared on the sample data", "",
-             f"Machine: {machine()['cpu']} ({machine()['features']}), {machine()['cores']} cores. Reproduce: "
+             f"Machine: {here['cpu']} ({here['features']}), {here['cores']} cores. Reproduce: "
              "`.venv/bin/python -m bench.encoders`.", "",
              "ms / image: decode, preprocess and embed, median (min-max) of 3 runs of 128 images. "
              "Signal emoji 1-NN: how often a test signal image's nearest train image shows the same "
@@ -185,7 +186,7 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, text)
         atomic_write_text(args.out.with_suffix(".json"), json.dumps(
-            {"machine": machine(), "encoders": rows, "poolings": pooling_rows}, indent=2) + "\n")
+            {"machine": here, "encoders": rows, "poolings": pooling_rows}, indent=2) + "\n")
     return 0
 
 

@@ -265,10 +265,10 @@ def stratified_order(data, positions: np.ndarray, seed: int) -> np.ndarray:
     combination = np.stack([data.labels(t)[order] for t in TRAITS], axis=1)
     _, key, size = np.unique(combination, axis=0, return_inverse=True, return_counts=True)
     key = np.asarray(key).ravel()
-    rank = np.zeros(len(order))
+    place = np.zeros(len(order))
     for k in range(len(size)):
-        rank[key == k] = (np.arange(size[k]) + 0.5) / size[k]
-    return order[np.argsort(rank, kind="stable")]
+        place[key == k] = (np.arange(size[k]) + 0.5) / size[k]
+    return order[np.argsort(place, kind="stable")]
 
 
 def _images(data, positions: np.ndarray) -> np.ndarray:
