@@ -76,7 +76,14 @@ def test_bad_model_file(tmp_path):
 
     bad = tmp_path / "x.keras"
     bad.write_text("nope")
-    with pytest.raises(ModelFileError, match="not a loadable profiler model"):
+    with pytest.raises(ModelFileError, match=r"x.keras: not a .keras model file \(not a zip archive: "
+                                             "truncated, or another kind of file\)"):
+        load_model(bad)
+    import zipfile
+
+    with zipfile.ZipFile(bad, "w") as archive:  # a zip archive, but not a Keras model's
+        archive.writestr("hello.txt", "hi")
+    with pytest.raises(ModelFileError, match="x.keras: not a loadable profiler model"):
         load_model(bad)
 
 

@@ -101,7 +101,7 @@ def test_csv_and_bad_model(setup, tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_text("x")
     result = run("predict", data / "images" / "a", "--model", bad)
-    assert result.exit_code == 1 and "not a loadable profiler model" in result.output
+    assert result.exit_code == 1 and "bad.keras: not a .keras model file" in result.output
 
 
 @pytest.mark.slow

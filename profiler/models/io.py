@@ -32,6 +32,11 @@ def load_model(path: str | Path, *, compile: bool = False):
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise ModelFileError(f"{path}: not a .keras model file (not a zip archive: truncated, or "
+                             "another kind of file)")
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file
