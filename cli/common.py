@@ -81,6 +81,20 @@ def spark_options(what: str):
     return decorate
 
 
+def refuse_output_over_inputs(output, **inputs) -> None:
+    """A usage error when ``output`` is one of the files the command reads (``name=path``:
+    the model file, a submission, the embedding cache...): writing it would lose that input."""
+    import os
+
+    if not output or not os.path.exists(output):
+        return
+    for name, paths in inputs.items():
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if path and os.path.exists(path) and os.path.samefile(output, path):
+                raise click.UsageError(f"--output {output} is {name.replace('_', ' ')}, which this "
+                                       "command reads; choose another file")
+
+
 def echo_problems(problems) -> None:
     """Print problems (file:line: severity: message) to stderr."""
     for problem in problems:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import embeddings_option, quiet_option, spark_options
+from cli.common import embeddings_option, quiet_option, refuse_output_over_inputs, spark_options
 
 #: users embedded per written row group with the local engine (bounds memory)
 LOCAL_BATCH_USERS = 256
@@ -48,6 +48,7 @@ def embed(paths, output, encoder, batch_size, store_path, engine, master, partit
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))
+    refuse_output_over_inputs(output, the_embedding_cache=store_path)
     name = encoder or DEFAULT_ENCODER
     chosen = get_encoder(name)  # an unknown name fails here, with the choices
     images = sum(len(u.files) for u in users)

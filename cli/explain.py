@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import embeddings_option
+from cli.common import embeddings_option, refuse_output_over_inputs
 
 
 @click.command()
@@ -39,6 +39,8 @@ def explain(user_dir, model_path, output, decide, store_path):
     users = discover_users([user_dir])
     if len(users) != 1:
         raise click.UsageError(f"{user_dir}: a dataset folder ({len(users)} users); give one user's folder")
+    refuse_output_over_inputs(output, the_model_file=model_path, the_embedding_cache=store_path,
+                              one_of_the_users_images=[str(f) for f in users[0].files])
     predictor = Predictor.load(model_path, store=store_path, decide=decide)
     row = next(iter_predictions(users, predictor))[0]
     if row["error"]:

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from cli.common import Choice, dash_is_stdout, embeddings_option, quiet_option, spark_options, workers_option
+from cli.common import (Choice, dash_is_stdout, embeddings_option, quiet_option, refuse_output_over_inputs,
+                        spark_options, workers_option)
 from profiler.prediction import OUTPUT_FORMATS
 
 #: exit code when some users could not be profiled (no usable image)
@@ -89,6 +90,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
         raise click.UsageError("--explain writes its evidence in the json and jsonl formats, with --engine local")
     if output and fmt != "parquet" and Path(output).is_dir():
         raise click.UsageError(f"--output {output}: a folder; the {fmt} format writes a file")
+    refuse_output_over_inputs(output, the_model_file=model_path, the_embedding_cache=store_path)
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))

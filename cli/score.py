@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import Choice, echo_problems, output_option, write_output
+from cli.common import Choice, echo_problems, output_option, refuse_output_over_inputs, write_output
 
 
 @click.command()
@@ -64,6 +64,7 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
         raise click.UsageError("give at least one SUBMISSION file, or --baselines")
     if names and len(names) != len(submissions):
         raise click.UsageError(f"{len(names)} --name given for {len(submissions)} submissions")
+    refuse_output_over_inputs(output, the_truth_file=truth, a_submission=list(submissions))
     table = evaluation.load_truth_for_scoring(truth)
     runs, scored = {}, {}
     invalid = []

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_prep.dataset import Dataset, User, load_dataset
+from data_prep.dataset import IMAGE_DIRS, Dataset, User, load_dataset
 from core.errors import DataError, ImageError
 from data_prep.images import FITS, load_image
 from core.io import atomic_dir, atomic_write_text
@@ -181,6 +181,18 @@ def _is_ours(folder: Path) -> bool:
         return False
 
 
+def _refuse_overlap(out: Path, root: Path) -> None:
+    """A cache folder that is the dataset, holds it, or lies among its users' folders would
+    replace (or join) the images it is made from: refused."""
+    where, data = out.resolve(), Path(root).resolve()
+    if where == data or where in data.parents:
+        raise DataError(f"{out}: the cache folder would replace the dataset {root} (it is the dataset "
+                        "or holds it); choose a folder outside it")
+    if any(where == data / d or data / d in where.parents for d in IMAGE_DIRS):
+        raise DataError(f"{out}: the cache folder is inside the dataset's image folders ({root}); choose "
+                        "a folder outside them")
+
+
 def prepare(
     dataset: str | Path | Dataset,
     out: str | Path,
@@ -199,6 +211,7 @@ def prepare(
     if not isinstance(dataset, Dataset):
         dataset = load_dataset(dataset, missing=missing)
     out = Path(out)
+    _refuse_overlap(out, dataset.root)
     stamp = fingerprint(dataset, config)
     if not force and (out / "meta.json").is_file():
         try:
@@ -210,9 +223,9 @@ def prepare(
             return existing
     if not dataset.users:
         raise DataError(f"{dataset.root}: no users to prepare")
-    if not force and out.exists() and not _is_ours(out):
-        raise DataError(f"{out}: exists and is not a profiler cache (no meta.json of ours); it would be "
-                        "replaced: choose another folder, empty it, or use --force to replace it")
+    if out.exists() and not _is_ours(out):
+        raise DataError(f"{out}: exists and is not a profiler cache (no meta.json of ours); it is never "
+                        "replaced, even with --force: choose another folder, or empty it")
     workers = default_workers() if workers is None else max(1, workers)
     with atomic_dir(out) as tmp:
         _write_cache(tmp, dataset, config, stamp, workers=workers, progress=progress)

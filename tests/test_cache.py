@@ -125,8 +125,38 @@ def test_a_folder_that_is_not_a_cache_is_never_replaced(tmp_path, via):
     assert "Traceback" not in result.output
     assert sorted(p.name for p in docs.iterdir()) == ["thesis.txt"]
     assert (docs / "thesis.txt").read_bytes() == b"four years of work\n"
+    if via == "prepare":  # --force rebuilds a cache; it never replaces a folder that is not one
+        result = CliRunner().invoke(main, args + ["--force"])
+        assert result.exit_code == 1 and "it is never replaced, even with --force" in result.output
+        assert (docs / "thesis.txt").read_bytes() == b"four years of work\n"
     # an empty folder, or a cache of ours, is fine
     (docs / "thesis.txt").unlink()
     for _ in range(2):
         assert CliRunner().invoke(main, ["prepare", str(data), "--out-dir", str(docs), "--size", "16",
                                          "-q", "--force"]).exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["dataset", "parent", "images", "user"])
+def test_a_cache_folder_over_the_dataset_is_refused_even_with_force(tmp_path, where):
+    """--out-dir the dataset itself (or a folder holding it, or one among its users' folders)
+    would replace the images the cache is made from: refused with --force too, every file kept."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    data = make_dataset(tmp_path / "d", {"a": 2, "b": 2, "c": 1, "d": 1})
+    out = {"dataset": data, "parent": tmp_path, "images": data / "images",
+           "user": data / "images" / "cache"}[where]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, ["prepare", str(data), "--out-dir", str(out), "--size", "16", "-q",
+                                       "--force"])
+    assert result.exit_code == 1, result.output
+    expected = ("would replace the dataset" if where in ("dataset", "parent")
+                else "is inside the dataset's image folders")
+    assert f"Error: {out}: the cache folder {expected}" in result.output
+    assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (data / "images" / "cache").exists()
+    # a folder inside the dataset but beside its images is fine
+    assert CliRunner().invoke(main, ["prepare", str(data), "--out-dir", str(data / "cache"), "--size", "16",
+                                     "-q"]).exit_code == 0

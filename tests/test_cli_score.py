@@ -100,6 +100,16 @@ def test_usage_errors(tmp_path):
     assert result.exit_code == 1 and "no truth.txt, truth.csv or truth.jsonl" in result.stderr
 
 
+def test_an_output_that_is_an_input_is_refused_and_kept(tmp_path):
+    d = setup(tmp_path)
+    for target, what in ((d / "m1.txt", "a submission"), (d / "truth.txt", "the truth file")):
+        before = target.read_bytes()
+        result = run("score", "-t", d / "truth.txt", d / "m1.txt", d / "m2.csv", "-o", target)
+        assert result.exit_code == 2, result.output
+        assert f"--output {target} is {what}, which this command reads; choose another file" in result.stderr
+        assert target.read_bytes() == before
+
+
 def test_a_device_or_endless_input_is_refused(tmp_path):
     from click.testing import CliRunner
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,12 @@ def test_csv_and_bad_model(setup, tmp_path):
     bad.write_text("x")
     result = run("predict", data / "images" / "a", "--model", bad)
     assert result.exit_code == 1 and "bad.keras: not a .keras model file" in result.output
+    copy = tmp_path / "copy.keras"  # the model file as --output: refused, the model kept
+    copy.write_bytes(Path(model).read_bytes())
+    result = run("predict", data / "images" / "a", "--model", copy, "-o", copy, "-q")
+    assert result.exit_code == 2
+    assert f"--output {copy} is the model file, which this command reads; choose another file" in result.output
+    assert copy.read_bytes() == Path(model).read_bytes()
 
 
 @pytest.mark.slow

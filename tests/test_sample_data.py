@@ -72,6 +72,37 @@ def test_existing_output_is_not_overwritten(small):
         generate(out, config, workers=1, progress=False)
 
 
+@pytest.mark.parametrize("via", ["generate", "sample-data", "demo"])
+def test_a_folder_that_is_not_sample_data_is_never_replaced(tmp_path, via):
+    """Someone's own dataset at OUT (or demo's --data): refused, even with --force, every byte kept."""
+    mine = tmp_path / "mine"
+    (mine / "images" / "u1").mkdir(parents=True)
+    (mine / "images" / "u1" / "a.jpg").write_bytes(b"my photo")
+    (mine / "truth.txt").write_text("u1:::female:::center:::arts\n")
+    before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    expected = f"{mine}: exists and is not a sample dataset made by profiler (no generator.json of ours)"
+    if via == "generate":
+        with pytest.raises(DataError, match=r"is not a sample dataset made by profiler .* even with --force"):
+            generate(mine, SampleConfig(users=24, seed=7), workers=1, force=True, progress=False)
+    else:
+        args = (["sample-data", str(mine), "--users", "24", "--force", "-q"] if via == "sample-data" else
+                ["demo", "--data", str(mine), "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
+                 "--users", "24", "-q"])
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and expected in result.output, result.output
+        assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+
+
+def test_an_earlier_sample_dataset_is_replaced_with_force(small, tmp_path):
+    _, _, config = small
+    out = tmp_path / "s"
+    generate(out, config, workers=1, progress=False, ceiling_users=2000)
+    (out / "stale.txt").write_text("from before")
+    generate(out, config, workers=1, force=True, progress=False, ceiling_users=2000)
+    assert not (out / "stale.txt").exists() and (out / "generator.json").is_file()
+
+
 def test_process_matches_its_parameters():
     config = ProcessConfig()
     process = Process([i.name for i in load_items()], build_pools(), config)

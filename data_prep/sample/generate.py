@@ -55,6 +55,15 @@ def _process(config: ProcessConfig) -> Process:
     return _process_from_json(json.dumps(config.as_json(), sort_keys=True))
 
 
+def _is_sample_data(folder: Path) -> bool:
+    """Whether ``folder`` holds a sample dataset this tool wrote (its ``generator.json``)."""
+    try:
+        meta = json.loads((folder / "generator.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"process", "ceiling"} <= meta.keys()
+
+
 def process_of(meta: dict) -> Process:
     """The process recorded in a ``generator.json`` (its parsed contents)."""
     return _process_from_json(json.dumps(meta["process"], sort_keys=True))
@@ -127,11 +136,17 @@ def generate(out: str | Path, config: SampleConfig = SampleConfig(), *, workers:
     """Write the sample dataset into ``out``; return the contents of ``generator.json``.
 
     ``out`` is built beside its destination and renamed into place; an existing
-    ``out`` is refused unless ``force``.
+    ``out`` is refused unless ``force``, and a folder that is not an earlier sample dataset
+    (someone's own data) always.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError(f"{out}: already exists and is not empty; choose another folder or use --force")
+    if out.exists() and any(out.iterdir()):
+        if not _is_sample_data(out):  # someone's folder (their own dataset?): never replaced
+            raise DataError(f"{out}: exists and is not a sample dataset made by profiler (no generator.json "
+                            "of ours); it is never replaced, even with --force: choose another folder, or "
+                            "empty it")
+        if not force:
+            raise DataError(f"{out}: already exists and is not empty; choose another folder or use --force")
     sizes = config.split_sizes()
     if min(sizes.values()) < 1:
         raise DataError(f"--users {config.users} with test share {config.test_share} leaves a split empty")
