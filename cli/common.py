@@ -81,18 +81,20 @@ def spark_options(what: str):
     return decorate
 
 
-def refuse_output_over_inputs(output, **inputs) -> None:
-    """A usage error when ``output`` is one of the files the command reads (``name=path``:
-    the model file, a submission, the embedding cache...): writing it would lose that input."""
+def refuse_output_over_inputs(output, inputs: dict) -> None:
+    """A usage error when ``output`` is one of the files the command reads (``inputs``: what
+    it is -> a path or a list of paths: the model file, a submission, the embedding cache...):
+    writing it would lose that input."""
     import os
 
-    if not output or not os.path.exists(output):
+    if not output:
         return
-    for name, paths in inputs.items():
+    for what, paths in inputs.items():
         for path in paths if isinstance(paths, (list, tuple)) else [paths]:
-            if path and os.path.exists(path) and os.path.samefile(output, path):
-                raise click.UsageError(f"--output {output} is {name.replace('_', ' ')}, which this "
-                                       "command reads; choose another file")
+            if path and (os.path.realpath(output) == os.path.realpath(path) or (
+                    os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path))):
+                raise click.UsageError(f"--output {output} is {what}, which this command reads; choose "
+                                       "another file")
 
 
 def echo_problems(problems) -> None:

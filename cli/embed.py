@@ -48,7 +48,7 @@ def embed(paths, output, encoder, batch_size, store_path, engine, master, partit
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))
-    refuse_output_over_inputs(output, the_embedding_cache=store_path)
+    refuse_output_over_inputs(output, {"the embedding cache": store_path})
     name = encoder or DEFAULT_ENCODER
     chosen = get_encoder(name)  # an unknown name fails here, with the choices
     images = sum(len(u.files) for u in users)

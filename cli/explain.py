@@ -39,8 +39,8 @@ def explain(user_dir, model_path, output, decide, store_path):
     users = discover_users([user_dir])
     if len(users) != 1:
         raise click.UsageError(f"{user_dir}: a dataset folder ({len(users)} users); give one user's folder")
-    refuse_output_over_inputs(output, the_model_file=model_path, the_embedding_cache=store_path,
-                              one_of_the_users_images=[str(f) for f in users[0].files])
+    refuse_output_over_inputs(output, {"the model file": model_path, "the embedding cache": store_path,
+                                       "one of the user's images": [str(f) for f in users[0].files]})
     predictor = Predictor.load(model_path, store=store_path, decide=decide)
     row = next(iter_predictions(users, predictor))[0]
     if row["error"]:

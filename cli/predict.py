@@ -90,7 +90,7 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
         raise click.UsageError("--explain writes its evidence in the json and jsonl formats, with --engine local")
     if output and fmt != "parquet" and Path(output).is_dir():
         raise click.UsageError(f"--output {output}: a folder; the {fmt} format writes a file")
-    refuse_output_over_inputs(output, the_model_file=model_path, the_embedding_cache=store_path)
+    refuse_output_over_inputs(output, {"the model file": model_path, "the embedding cache": store_path})
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))

@@ -64,7 +64,7 @@ def score(truth, submissions, names, submission_format, average, f_measure, with
         raise click.UsageError("give at least one SUBMISSION file, or --baselines")
     if names and len(names) != len(submissions):
         raise click.UsageError(f"{len(names)} --name given for {len(submissions)} submissions")
-    refuse_output_over_inputs(output, the_truth_file=truth, a_submission=list(submissions))
+    refuse_output_over_inputs(output, {"the truth file": truth, "a submission": list(submissions)})
     table = evaluation.load_truth_for_scoring(truth)
     runs, scored = {}, {}
     invalid = []

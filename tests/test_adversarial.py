@@ -204,3 +204,19 @@ def test_a_huge_label_is_not_echoed_whole(tmp_path):
     big.write_text("u00:::" + "x" * 5_000_000 + ":::center:::arts\n")
     result = run("score", "-t", data / "truth.txt", big)
     assert result.exit_code == 1 and "(5,000,000 characters)" in result.output and len(result.output) < 2000
+
+
+def test_an_output_over_an_input_is_refused_before_any_work(tmp_path):
+    """embed's --output the embedding cache (even one not made yet), explain's --output one of
+    the user's images: usage errors, the files untouched."""
+    data = make_dataset(tmp_path / "d", {"a": 2, "b": 1})
+    cache = tmp_path / "cache.sqlite"
+    result = run("embed", data, "-o", cache, "--embeddings", cache, "-q")
+    assert result.exit_code == 2 and not cache.exists()
+    assert f"--output {cache} is the embedding cache, which this command reads; choose another file" in result.output
+    image = sorted((data / "images" / "a").iterdir())[0]
+    before = image.read_bytes()
+    (tmp_path / "m.keras").write_bytes(b"not read")
+    result = run("explain", data / "images" / "a", "-m", tmp_path / "m.keras", "-o", image)
+    assert result.exit_code == 2 and image.read_bytes() == before
+    assert f"--output {image} is one of the user's images, which this command reads" in result.output
