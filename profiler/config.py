@@ -61,7 +61,7 @@ class TrainConfig:
     set_pooling: str = "latent"  # chosen by measurement on the sample data (README, results/science.md)
     neighbours: int = 200  # "neighbours" pooling: training images that vote for each image
     # principal axes the bank's similarity is computed on (512 since the "latent" head whitens
-    # them: README, "Whitened axes"; the "neighbours" head was measured with 256)
+    # them: docs/science.md, "Whitened axes"; the "neighbours" head was measured with 256)
     neighbour_dims: int = 512
     neighbour_temperature: float = 0.1  # vote weights exp((similarity - best) / temperature)
     # "neighbours" and "latent" pooling: most images the bank holds (every image profiled
@@ -78,13 +78,13 @@ class TrainConfig:
     # same item with this probability (profiler.models.latent.label_reading), the neighbours
     # weighted with latent_start_temperature; null: the plain start, as before (with
     # latent_rounds 4). Chosen by the EM's agreement with the answer key on the training
-    # images (README, "The EM's start")
+    # images (docs/science.md, "The EM's start")
     latent_start_trust: float | None = 0.8
     latent_start_temperature: float = 0.2
     # true: the farther neighbours' trust falls as their users' labels agree less often with
     # the image's beyond chance (profiler.models.latent.rank_agreement); off by default: it
     # finds more of the items' images but takes more noise for items, and lost 0.4-3 points
-    # of the ceiling at the paper's size for +1 at the demo's (README, "The EM's start")
+    # of the ceiling at the paper's size for +1 at the demo's (docs/science.md, "The EM's start")
     latent_start_by_rank: bool = False
     # L2 penalty of the "latent" pooling's learnt correction of the neighbours' reading
     # (set_head.SourceReader); null: no correction, the sources as the neighbours read them
@@ -99,14 +99,14 @@ class TrainConfig:
     latent_whiten: float | None = 0.3
     # "latent" pooling: a side view of the sources, with these pairs, from which the traits in
     # latent_side_traits are read (the others from the main view): the gender-occupation pairs
-    # help gender and cost occupation when one view serves all (README, "The side view");
+    # help gender and cost occupation when one view serves all (docs/science.md, "The side view");
     # both empty ([]): no side view
     latent_side_pairs: list[str] = field(default_factory=lambda: ["gender*occupation"])
     latent_side_traits: list[str] = field(default_factory=lambda: ["gender"])
     # "latent" pooling: once training has kept its best epoch and calibrated it on the
     # validation users, fill the bank again from *every* user of the training data (the
     # validation users too: 18 % more images to read sources from), the EM run again on the
-    # kept axes; the learnt weights, temperatures and decision record stay (README, "The
+    # kept axes; the learnt weights, temperatures and decision record stay (docs/science.md, "The
     # bank refilled"); false: the bank holds the training split's users only
     latent_refill: bool = True
     # the set model: epochs of adapting the encoder's top to the training images before the

@@ -398,7 +398,7 @@ def refill_sources(model, data, positions: np.ndarray, *, rounds: int, start: tu
     The training split's model reads sources from the training users' images only, and
     the validation users stay unseen to fit the calibration and the decision rules; once
     those are fitted, the validation users' images only add to what the sources are read
-    from (README, "The bank refilled")."""
+    from (docs/science.md, "The bank refilled")."""
     from profiler.models.set_head import SetProfiler
 
     rows = _images(data, positions)
