@@ -22,7 +22,9 @@ LOCAL_BATCH_USERS = 256
               help="The Parquet output: a file (local engine) or a folder of parts (--engine spark); "
                    "written atomically.")
 @click.option("--encoder", default=None,
-              help="The encoder  [default: the set model's default, efficientnet_lite2_int8_centre]")
+              help="The encoder: a name, or a set model's .keras file (the encoder it reads with, "
+                   "its adapted one where it keeps one)  [default: the set model's default, "
+                   "efficientnet_lite2_int8_centre]")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, help="Users per batch.")
 @embeddings_option()
 @spark_options("Embed")
@@ -40,17 +42,21 @@ def embed(paths, output, encoder, batch_size, store_path, engine, master, partit
     \b
         profiler embed data/sample/train -o train-embeddings.parquet
         profiler embed data/sample/train --engine spark --master local[2] -o train-embeddings.parquet
+        profiler embed data/sample/test --encoder runs/adapted/model.keras -o test-embeddings.parquet
         profiler train data/sample/train --run-dir runs/set --embeddings-from train-embeddings.parquet
     """
     from data_prep.dataset import discover_users
-    from profiler.encoders import DEFAULT_ENCODER, get_encoder
+    from profiler.encoders import DEFAULT_ENCODER
+    from profiler.families.sets import encoder_from
 
     users = discover_users(list(paths))
     if not users:
         raise click.ClickException("no users found in " + ", ".join(paths))
     refuse_output_over_inputs(output, {"the embedding cache": store_path})
     name = encoder or DEFAULT_ENCODER
-    chosen = get_encoder(name)  # an unknown name fails here, with the choices
+    if name.endswith(".keras"):  # a model file: Spark's workers open it by its absolute path
+        name = str(Path(name).absolute())
+    chosen = encoder_from(name)  # an unknown name or a bad model file fails here, naming it
     images = sum(len(u.files) for u in users)
     if engine == "spark":
         from profiler import spark as engine_spark

@@ -327,9 +327,9 @@ def ordered_rows(frame, labels: dict, chunk: int = 256):
 
 @functools.lru_cache(maxsize=1)  # per Python worker: loaded once
 def _encoder(name: str):
-    from profiler.encoders import get_encoder
+    from profiler.families.sets import encoder_from
 
-    return get_encoder(name)
+    return encoder_from(name)  # a name, or a set model's file (its encoder, adapted or not)
 
 
 def embed_partition(encoder_name: str, store: str | None, batches):

@@ -165,6 +165,39 @@ def test_prediction_on_the_adapted_encoder_is_repeatable(adapted_run, tmp_path):
     assert outputs[0] == outputs[1] and len(json.loads(outputs[0])) == 16
 
 
+def test_embed_names_a_model_file_and_embeds_with_its_adapted_encoder(adapted_run, tmp_path):
+    """``profiler embed --encoder RUN/model.keras``: the rows carry the model's own encoder
+    identity and the very vectors training stored; a model that embeds nothing is refused."""
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from profiler.embeddings import EmbeddingStore
+    from profiler.models.io import load_model, model_info
+
+    data, run, store = adapted_run
+    identity = model_info(load_model(run / "model.keras"))["encoder"]
+    out = tmp_path / "e.parquet"
+    result = CliRunner().invoke(main, ["embed", str(data), "--encoder", str(run / "model.keras"), "-o", str(out),
+                                       "--embeddings", str(tmp_path / "fresh.sqlite"), "-q"])
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pandas()
+    assert len(rows) == 48 and set(rows["encoder"]) == {identity}
+    digests = [bytes.fromhex(d) for d in rows["digest"]]
+    with EmbeddingStore(store) as opened:
+        kept = opened.get(identity, digests)
+    # the same vectors up to float32 rounding (training ran the top on other batches)
+    assert all(np.allclose(np.asarray(v, np.float32), kept[d], rtol=1e-5, atol=1e-5)
+               for d, v in zip(digests, rows["vector"]))
+    volume = tmp_path / "m1"
+    result = CliRunner().invoke(main, ["train", str(data), "--model", "model1", "--run-dir", str(volume), "--epochs", "1",
+                                       "--size", "16", "-q"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["embed", str(data), "--encoder", str(volume / "model.keras"), "-o", str(out)])
+    assert result.exit_code == 1
+    assert f"{volume / 'model.keras'}: a model1 model, which embeds no images" in result.output
+
+
 def test_adaptation_is_reused_and_a_failure_leaves_nothing(adapted_run, tmp_path, monkeypatch):
     import profiler.encoders.adapted as adapted
     from data_prep.dataset import load_dataset

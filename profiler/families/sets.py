@@ -235,6 +235,28 @@ class SetFamily(Family):
         return SetReader(info, encoder, store)
 
 
+def encoder_from(name: str):
+    """The encoder ``name`` names: a registered encoder's name (``get_encoder``), or the path of
+    a set model's ``.keras`` file, whose encoder it is (its adapted encoder where it keeps one),
+    so that ``profiler embed`` fills the cache with what that model reads."""
+    from profiler.encoders import get_encoder
+
+    if not name.endswith(".keras"):
+        return get_encoder(name)
+    from profiler.models.io import load_model, model_info
+
+    model = load_model(name)  # a file that is not a model: ModelFileError, naming it
+    info = model_info(model)
+    if info["variant"] != "set":
+        raise ModelFileError(f"{name}: a {info['variant'] or 'Keras'} model, which embeds no images; give "
+                             "a set model's model.keras, or an encoder's name")
+    if info["encoder_top"]:
+        from profiler.encoders.adapted import AdaptedEncoder
+
+        return AdaptedEncoder(model.encoder_top_weights(), source=f"{name} (its adapted encoder)")
+    return get_encoder(info["encoder"])
+
+
 def _pairs(pairs: list[str]) -> list[list[int]]:
     """Pairs of traits written 'gender*occupation' as pairs of trait positions."""
     return [sorted(TRAITS.index(t) for t in pair.split("*")) for pair in pairs]
