@@ -77,7 +77,7 @@ def test_bad_model_file(tmp_path):
     bad = tmp_path / "x.keras"
     bad.write_text("nope")
     with pytest.raises(ModelFileError, match=r"x.keras: not a .keras model file \(not a zip archive: "
-                                             "truncated, or another kind of file\)"):
+                                             r"truncated, or another kind of file\)"):
         load_model(bad)
     import zipfile
 
