@@ -109,6 +109,11 @@ class TrainConfig:
     # kept axes; the learnt weights, temperatures and decision record stay (docs/science.md, "The
     # bank refilled"); false: the bank holds the training split's users only
     latent_refill: bool = True
+    # with the bank refilled: the calibration's and the decision rules' validation users are
+    # each read through a bank refilled with the training users and the *other* half of the
+    # validation users (two more refills), so they are fitted on probabilities like the ones the
+    # kept model gives a new user; false: read by the checkpoint, before any refill
+    calibrate_refilled: bool = True
     # the set model: epochs of adapting the encoder's top to the training images before the
     # head trains (profiler.encoders.adapted: EfficientNet-Lite2, whole image and centre crop, in
     # float, its last block trained towards the images' sources as the latent head's EM finds
@@ -171,6 +176,8 @@ class TrainConfig:
              f"not {self.latent_side_traits!r}"),
             (isinstance(self.latent_refill, bool),
              f"latent_refill must be true or false, not {self.latent_refill!r}"),
+            (isinstance(self.calibrate_refilled, bool),
+             f"calibrate_refilled must be true or false, not {self.calibrate_refilled!r}"),
             (bool(self.latent_side_pairs) == bool(self.latent_side_traits),
              "latent_side_pairs and latent_side_traits go together: give both or neither"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),

@@ -387,7 +387,9 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
 def calibrate(best, family, data, positions: np.ndarray, config: TrainConfig,
               train_positions: np.ndarray) -> dict:
     """Fit each head's temperature on the users at ``positions`` (the validation split) from
-    the kept checkpoint's (``best``, loaded) probabilities (shifted to the training users' class
+    their probabilities as the kept model reads them (``_validation_outputs``: the kept
+    checkpoint ``best``, loaded, or, where ``finish`` refills the set model's bank, the
+    checkpoint finished with the other half of them) (shifted to the training users' class
     shares first, for a model trained with balanced class weights: ``profiler.calibration``),
     and store them in ``best``, with what the decision rules need
     (``profiler.decisions.record``: the training users' class shares, the validation users'
@@ -396,25 +398,16 @@ def calibrate(best, family, data, positions: np.ndarray, config: TrainConfig,
 
     Returns per trait the temperature and the log loss, Brier score and ECE before and after.
     """
-    from profiler.batching import padded_chunks
     from profiler.calibration import calibrate as calibrate_probs
     from profiler.calibration import calibration_scores, fit_temperature, shift_priors
 
-    run = family.runner(best)
-    probs, items = {t: [] for t in TRAITS}, []
-    for i in range(0, len(positions), config.batch_size):
-        x = family.batch(data, positions[i:i + config.batch_size], config, None)
-        for chunk, n_real in padded_chunks(x, config.batch_size):  # one shape for every call
-            out, chunk_items = run(chunk)
-            items.extend(chunk_items[:n_real])
-            for t in TRAITS:
-                probs[t].append(np.asarray(out[t])[:n_real])
+    probs, items = _validation_outputs(best, family, data, positions, config, train_positions)
     from profiler.decisions import class_shares, record
 
     shifted = config.class_weight == "balanced"  # back to the real class shares (profiler.calibration)
     report, temperatures, calibrated = {}, {}, {}
     for t in TRAITS:
-        p, truth = np.concatenate(probs[t]), data.labels(t)[positions]
+        p, truth = probs[t], data.labels(t)[positions]
         shares = class_shares(data.labels(t)[train_positions], len(best.labels[t])) if shifted else None
         temperatures[t] = fit_temperature(shift_priors(p, shares), truth)
         calibrated[t] = calibrate_probs(p, temperatures[t], shares)
@@ -428,6 +421,50 @@ def calibrate(best, family, data, positions: np.ndarray, config: TrainConfig,
 
     best.ood = ood.fit(family.ood_train_items(best, data, train_positions, config), items, seed=config.seed)
     return report
+
+
+def _outputs(model, family, data, positions: np.ndarray, config: TrainConfig) -> tuple[dict, list]:
+    """``model``'s raw probabilities per trait for the users at ``positions``, and their items."""
+    from profiler.batching import padded_chunks
+
+    run = family.runner(model)
+    probs, items = {t: [] for t in TRAITS}, []
+    for i in range(0, len(positions), config.batch_size):
+        x = family.batch(data, positions[i:i + config.batch_size], config, None)
+        for chunk, n_real in padded_chunks(x, config.batch_size):  # one shape for every call
+            out, chunk_items = run(chunk)
+            items.extend(chunk_items[:n_real])
+            for t in TRAITS:
+                probs[t].append(np.asarray(out[t])[:n_real])
+    return {t: np.concatenate(probs[t]) for t in TRAITS}, items
+
+
+def _validation_outputs(best, family, data, positions: np.ndarray, config: TrainConfig,
+                        train_positions: np.ndarray) -> tuple[dict, list]:
+    """The validation users' outputs (``_outputs``) to fit the calibration and the decision
+    rules on: where ``family.finish`` changes the kept model (the set model refills its bank
+    with the validation users' images too) and ``calibrate_refilled``, each half of them (a
+    seeded split) is read by ``best`` finished with the training users and the *other* half,
+    so a user's own images are never in the bank that reads it (cross-fitting) and the
+    probabilities are like those the kept model gives a new user; otherwise by ``best``."""
+    if config.calibrate_refilled and len(positions) > 1:
+        order = np.random.default_rng(config.seed).permutation(len(positions))
+        halves = [np.sort(order[0::2]), np.sort(order[1::2])]  # indices into ``positions``
+        probs = {t: [None] * len(positions) for t in TRAITS}
+        items = [None] * len(positions)
+        for k, half in enumerate(halves):
+            finished = family.finish(best, data, np.union1d(train_positions, np.delete(positions, half)), config)
+            if finished is best:  # nothing refilled: the kept model reads as ``best`` does
+                break
+            log.info("calibration: validation half %d of 2 read through a bank refilled with the other", k + 1)
+            out, got = _outputs(finished, family, data, positions[half], config)
+            for j, row in enumerate(half):
+                items[row] = got[j]
+                for t in TRAITS:
+                    probs[t][row] = out[t][j]
+        else:
+            return {t: np.stack(probs[t]) for t in TRAITS}, items
+    return _outputs(best, family, data, positions, config)
 
 
 def _summary(run_dir: Path, config: TrainConfig, model, n_train: int, n_val: int, elapsed: float) -> dict:

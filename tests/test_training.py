@@ -277,3 +277,51 @@ def test_a_config_file_that_is_not_settings_is_a_clean_error(tmp_path, content):
     assert result.exit_code == 1, result.output
     assert f"{config}: " in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
+
+
+class _Fake:
+    """A family whose ``finish`` records the users it refills with, and whose every model
+    answers each user with its position plus the model's number (so who read whom shows)."""
+
+    def __init__(self, refills=True):
+        self.refills, self.finished = refills, []
+
+    def finish(self, model, data, positions, config):
+        if not self.refills:
+            return model
+        self.finished.append(np.asarray(positions))
+        return len(self.finished) * 1000
+
+    def batch(self, data, positions, config, rng):
+        return np.asarray(positions, np.float32)[:, None]
+
+    def runner(self, model):
+        def run(chunk):
+            value = chunk[:, 0] + model
+            return {t: np.stack([value, -value], axis=1) for t in LABELS}, list(value)
+        return run
+
+
+def test_validation_users_are_read_through_a_bank_refilled_with_the_other_half():
+    from profiler.training import _validation_outputs
+
+    config = resolve("default", overrides={"model": "set", "batch_size": 4})
+    train_pos, val_pos = np.arange(0, 20), np.arange(20, 31)
+    family = _Fake()
+    probs, items = _validation_outputs(0, family, None, val_pos, config, train_pos)
+    assert len(family.finished) == 2
+    read_by = {}
+    for k, bank in enumerate(family.finished, start=1):
+        assert set(train_pos) <= set(bank)  # every training user, and the other half only
+        for row, p in enumerate(val_pos):
+            if round(items[row]) == p + 1000 * k:
+                read_by[p] = k
+                assert p not in bank  # a user's own images are never in the bank that reads it
+    assert sorted(read_by) == list(val_pos)  # every validation user read once, in its place
+    assert sorted(np.bincount(list(read_by.values()))[1:]) == [5, 6]  # two halves
+    assert np.allclose(probs["gender"][:, 0], items)
+    # a family whose finish changes nothing, or the setting off: the checkpoint reads them all
+    for family, setting in ((_Fake(refills=False), "true"), (_Fake(), "false")):
+        config = resolve("default", overrides={"model": "set", "batch_size": 4, "calibrate_refilled": setting})
+        probs, items = _validation_outputs(0, family, None, val_pos, config, train_pos)
+        assert list(items) == list(val_pos) and family.finished == [] and np.allclose(probs["gender"][:, 0], val_pos)
