@@ -311,7 +311,7 @@ def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeyp
 
     embedded, config = tiny_latent(tmp_path, latent_refill="false")
     train(embedded, tmp_path / "plain", config, progress=False)
-    refilling = dataclasses.replace(config, latent_refill=True)
+    refilling = dataclasses.replace(config, latent_refill=True, calibrate_refilled=False)
     train(embedded, tmp_path / "refilled", refilling, progress=False)
     plain, refilled = load_model(tmp_path / "plain" / "model.keras"), load_model(tmp_path / "refilled" / "model.keras")
     train_pos, val_pos = split_indices(embedded, config.val_share, config.seed)
@@ -339,6 +339,16 @@ def test_the_latent_bank_is_refilled_with_the_validation_users(tmp_path, monkeyp
     everyone = refill_sources(plain, embedded, np.arange(len(images)), rounds=config.latent_rounds, start=start)
     for wa, wb in zip(refilled.get_weights(), everyone.get_weights()):
         assert np.array_equal(wa, wb)
+    # calibrated through the refilled bank (the default): the same model, but for the
+    # temperatures and the decision record, fitted on other probabilities
+    train(embedded, tmp_path / "crossed", dataclasses.replace(refilling, calibrate_refilled=True), progress=False)
+    crossed = load_model(tmp_path / "crossed" / "model.keras")
+    for wa, wb in zip(refilled.get_weights(), crossed.get_weights()):
+        assert np.array_equal(wa, wb)
+    info_c = model_info(crossed)
+    assert info_c["temperatures"] != info_b["temperatures"] and info_c["decisions"] != info_b["decisions"]
+    assert {k: v for k, v in info_c.items() if k not in ("temperatures", "decisions", "ood")} == \
+        {k: v for k, v in info_b.items() if k not in ("temperatures", "decisions", "ood")}
     # a bank that all the users' images would make too large keeps the training users'
     monkeypatch.setattr(set_head, "MAX_BANK_VALUES", 60 * (a.dims + a.width))
     monkeypatch.setattr(logging.getLogger("profiler"), "propagate", True)  # the CLI's set-up may have cut it
