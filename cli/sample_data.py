@@ -20,8 +20,9 @@ from cli.common import quiet_option, workers_option
 @workers_option("Processes")
 @click.option("--contact-sheet", type=click.Path(dir_okay=False), default=None,
               help="Also draw the first test users' images into this PNG.")
-@click.option("--force", is_flag=True, help="Replace OUT if it holds an earlier sample dataset (only once the new data is complete); "
-                   "any other folder is never replaced.")
+@click.option("--force", is_flag=True,
+              help="Replace OUT if it holds an earlier sample dataset (only once the new data is "
+                   "complete); any other folder is never replaced.")
 @quiet_option()
 def sample_data(out, users, seed, test_share, signal, workers, contact_sheet, force, quiet):
     """Make a sample dataset in OUT/train and OUT/test from real Twemoji images.

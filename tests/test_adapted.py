@@ -190,8 +190,8 @@ def test_embed_names_a_model_file_and_embeds_with_its_adapted_encoder(adapted_ru
     assert all(np.allclose(np.asarray(v, np.float32), kept[d], rtol=1e-5, atol=1e-5)
                for d, v in zip(digests, rows["vector"]))
     volume = tmp_path / "m1"
-    result = CliRunner().invoke(main, ["train", str(data), "--model", "model1", "--run-dir", str(volume), "--epochs", "1",
-                                       "--size", "16", "-q"])
+    result = CliRunner().invoke(main, ["train", str(data), "--model", "model1", "--run-dir", str(volume),
+                                       "--epochs", "1", "--size", "16", "-q"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["embed", str(data), "--encoder", str(volume / "model.keras"), "-o", str(out)])
     assert result.exit_code == 1
