@@ -450,20 +450,18 @@ def _validation_outputs(best, family, data, positions: np.ndarray, config: Train
     if config.calibrate_refilled and len(positions) > 1:
         order = np.random.default_rng(config.seed).permutation(len(positions))
         halves = [np.sort(order[0::2]), np.sort(order[1::2])]  # indices into ``positions``
-        probs = {t: [None] * len(positions) for t in TRAITS}
-        items = [None] * len(positions)
+        outputs = []
         for k, half in enumerate(halves):
             finished = family.finish(best, data, np.union1d(train_positions, np.delete(positions, half)), config)
             if finished is best:  # nothing refilled: the kept model reads as ``best`` does
                 break
             log.info("calibration: validation half %d of 2 read through a bank refilled with the other", k + 1)
-            out, got = _outputs(finished, family, data, positions[half], config)
-            for j, row in enumerate(half):
-                items[row] = got[j]
-                for t in TRAITS:
-                    probs[t][row] = out[t][j]
+            outputs.append(_outputs(finished, family, data, positions[half], config))
         else:
-            return {t: np.stack(probs[t]) for t in TRAITS}, items
+            back = np.argsort(np.concatenate(halves))  # the halves' rows back in ``positions``' order
+            items = [item for _, got in outputs for item in got]
+            return ({t: np.concatenate([out[t] for out, _ in outputs])[back] for t in TRAITS},
+                    [items[i] for i in back])
     return _outputs(best, family, data, positions, config)
 
 
