@@ -185,10 +185,10 @@ def _refuse_overlap(out: Path, root: Path) -> None:
     """A cache folder that is the dataset, holds it, or lies among its users' folders would
     replace (or join) the images it is made from: refused."""
     where, data = out.resolve(), Path(root).resolve()
-    if where == data or where in data.parents:
+    if data.is_relative_to(where):
         raise DataError(f"{out}: the cache folder would replace the dataset {root} (it is the dataset "
                         "or holds it); choose a folder outside it")
-    if any(where == data / d or data / d in where.parents for d in IMAGE_DIRS):
+    if any(where.is_relative_to(data / d) for d in IMAGE_DIRS):
         raise DataError(f"{out}: the cache folder is inside the dataset's image folders ({root}); choose "
                         "a folder outside them")
 
