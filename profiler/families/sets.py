@@ -216,16 +216,9 @@ class SetFamily(Family):
 
     def reader(self, info, *, name="model", encoder=None, store=None, model=None):
         from profiler.embeddings import EmbeddingStore
-        from profiler.encoders import get_encoder
 
         needed = info["encoder"]
-        if encoder is None and info.get("encoder_top"):  # the adapted encoder the model keeps
-            from profiler.encoders.adapted import AdaptedEncoder
-
-            if model is None:
-                raise ModelFileError(f"{name}: this model keeps its adapted encoder; load it with the model")
-            encoder = AdaptedEncoder(model.encoder_top_weights(), source=f"{name} (its adapted encoder)")
-        encoder = encoder or get_encoder(needed)
+        encoder = encoder or model_encoder(info, model, name)
         if encoder.identity != needed:
             raise ModelFileError(f"{name}: this model was trained on embeddings from encoder {needed}, "
                                  f"but the encoder given is {encoder.identity}; embeddings from another "
@@ -250,11 +243,21 @@ def encoder_from(name: str):
     if info["variant"] != "set":
         raise ModelFileError(f"{name}: a {info['variant'] or 'Keras'} model, which embeds no images; give "
                              "a set model's model.keras, or an encoder's name")
-    if info["encoder_top"]:
-        from profiler.encoders.adapted import AdaptedEncoder
+    return model_encoder(info, model, name)
 
-        return AdaptedEncoder(model.encoder_top_weights(), source=f"{name} (its adapted encoder)")
-    return get_encoder(info["encoder"])
+
+def model_encoder(info: dict, model, name: str = "model"):
+    """The encoder a set model (``info``: its ``model_info``) reads with: the adapted encoder
+    its file keeps (``model``, loaded, needed for it), else the registered one it names."""
+    from profiler.encoders import get_encoder
+
+    if not info.get("encoder_top"):
+        return get_encoder(info["encoder"])
+    from profiler.encoders.adapted import AdaptedEncoder
+
+    if model is None:
+        raise ModelFileError(f"{name}: this model keeps its adapted encoder; load it with the model")
+    return AdaptedEncoder(model.encoder_top_weights(), source=f"{name} (its adapted encoder)")
 
 
 def _pairs(pairs: list[str]) -> list[list[int]]:
