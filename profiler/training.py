@@ -455,7 +455,8 @@ def _validation_outputs(best, family, data, positions: np.ndarray, config: Train
             finished = family.finish(best, data, np.union1d(train_positions, np.delete(positions, half)), config)
             if finished is best:  # nothing refilled: the kept model reads as ``best`` does
                 break
-            log.info("calibration: validation half %d of 2 read through a bank refilled with the other", k + 1)
+            log.info("calibration: validation half %d of 2 is read through that model (finished with the "
+                     "training users and the other half)", k + 1)
             outputs.append(_outputs(finished, family, data, positions[half], config))
         else:
             back = np.argsort(np.concatenate(halves))  # the halves' rows back in ``positions``' order

@@ -211,7 +211,7 @@ class SetFamily(Family):
                         "a bank holds (%d values at most); it keeps the training users' %d", images,
                         set_head.MAX_BANK_VALUES, layer.size)
             return model
-        log.info("refilling the bank with the images of all %d users (the validation users' too)", len(positions))
+        log.info("refilling the bank with the images of %d users", len(positions))
         return refill_sources(model, data, positions, rounds=config.latent_rounds, start=_start(config))
 
     def reader(self, info, *, name="model", encoder=None, store=None, model=None):

@@ -147,8 +147,10 @@ def read_sources(index: np.ndarray, weight: np.ndarray, responsibilities: np.nda
                  pi: np.ndarray, alpha: float) -> np.ndarray:
     """q(z | image): its neighbours' weighted responsibilities with ``alpha`` pseudo-votes of ``pi``."""
     votes = np.zeros((len(index), responsibilities.shape[1]), np.result_type(weight, responsibilities))
-    for i in range(0, len(index), 8192):  # the neighbours' responsibilities, (images, k, sources), a block at a time
-        votes[i:i + 8192] = np.einsum("nk,nkz->nz", weight[i:i + 8192], responsibilities[index[i:i + 8192]])
+    block = 8192  # the neighbours' responsibilities, (images, k, sources), a block of images at a time
+    for i in range(0, len(index), block):
+        rows = slice(i, i + block)
+        votes[rows] = np.einsum("nk,nkz->nz", weight[rows], responsibilities[index[rows]])
     return (votes + alpha * pi) / (weight.sum(axis=1, keepdims=True) + alpha)
 
 
