@@ -117,33 +117,37 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
                     if skipped:
                         click.echo(f"warning: {skipped} files skipped (see the 'skipped' column)", err=True)
                 else:
-                    failed = _write(engine_spark.ordered_rows(frame, labels), fmt, labels, output)
+                    failed, skipped = _write(engine_spark.ordered_rows(frame, labels), fmt, labels, output)
         finally:
             spark.stop()
     else:
         if workers is None:
             workers = default_workers() if len(users) >= 4 * batch_size else 1
-        failed = _write(iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
+        failed, skipped = _write(iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
                                          workers=workers, progress=not quiet, explain=explain), fmt, labels, output)
     if output:
         click.echo(f"wrote {len(users)} users to {output}", err=True)
+    if skipped:
+        click.echo(f"{skipped} image file{'s' * (skipped != 1)} skipped in all (the warnings above name them)", err=True)
     if failed:
         click.echo(f"{failed} of {len(users)} users could not be profiled", err=True)
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _write(batches, fmt: str, labels: dict, output: str | None) -> int:
+def _write(batches, fmt: str, labels: dict, output: str | None) -> tuple[int, int]:
     """Write batches of per-user results to ``output`` (atomically) or stdout, naming skipped
-    files and failed users on stderr; return how many users failed."""
+    files and failed users on stderr; return how many users failed and how many files were
+    skipped."""
     from core.io import atomic_path
     from profiler.prediction import PredictionWriter
 
-    failed = 0
+    failed = skipped = 0
     with (atomic_path(output) if output else contextlib.nullcontext()) as target:
         with (open(target, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)) as stream:
             writer = PredictionWriter(stream, fmt, labels, name=output or "<stdout>")
             for rows in batches:
                 for row in rows:
+                    skipped += len(row["skipped"])
                     for item in row["skipped"][:SHOWN_SKIPPED]:  # in every format, on stderr
                         click.echo(f"warning: {item['file']}: {item['reason']}; skipped", err=True)
                     if len(row["skipped"]) > SHOWN_SKIPPED:
@@ -154,4 +158,4 @@ def _write(batches, fmt: str, labels: dict, output: str | None) -> int:
                         click.echo(f"warning: {row['user_id']}: {row['error']}; not profiled", err=True)
                 writer.write(rows)
             writer.close()
-    return failed
+    return failed, skipped

@@ -53,6 +53,7 @@ def test_dataset_with_few_broken_and_empty_users_exits_3(setup):
     assert users["empty"]["error"] == "no image files" and users["empty"]["gender"] is None
     assert "warning: empty: no image files; not profiled" in result.stderr
     assert "1 of 5 users could not be profiled" in result.stderr
+    assert "1 image file skipped in all (the warnings above name them)" in result.stderr
 
 
 def test_submission_output_scores(setup, tmp_path):
