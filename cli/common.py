@@ -24,6 +24,10 @@ class Choice(click.Choice):
             raise
 
 
+#: a seed numpy's generators take: 0 to 2^32 - 1
+SEED = click.IntRange(0, 2**32 - 1)
+
+
 def workers_option(what: str = "Decoding processes", default: str = "the usable cores"):
     """``--workers/-j``: how many processes do ``what``."""
     return click.option("--workers", "-j", type=click.IntRange(1, 256), default=None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import out_dir_option, quiet_option, workers_option
+from cli.common import SEED, out_dir_option, quiet_option, workers_option
 
 
 @click.command()
@@ -41,7 +41,7 @@ def evaluate(run, dataset, out_dir, workers, quiet):
 @click.option("--users", type=click.IntRange(20), default=1000, help="Sample users (train and test).")
 @click.option("--epochs", type=click.IntRange(1), default=8, help="Most epochs per 3D CNN.")
 @click.option("--size", type=click.IntRange(8, 512), default=64, help="Image size in pixels.")
-@click.option("--seed", type=int, default=0, help="Seed for the data and the training.")
+@click.option("--seed", type=SEED, default=0, help="Seed for the data and the training.")
 @workers_option("Processes for making and decoding images")
 @quiet_option("No progress bars.")
 def demo(out_dir, data, runs, users, epochs, size, seed, workers, quiet):

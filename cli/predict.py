@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.common import (Choice, dash_is_stdout, embeddings_option, quiet_option, refuse_output_over_inputs,
+from cli.common import (SEED, Choice, dash_is_stdout, embeddings_option, quiet_option, refuse_output_over_inputs,
                         spark_options, workers_option)
 from profiler.prediction import OUTPUT_FORMATS
 
@@ -33,7 +33,7 @@ SHOWN_SKIPPED = 5
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, help="Users decoded per batch.")
 @click.option("--tta", type=click.IntRange(0, 64), default=0,
               help="Average over this many random choices/orders of each user's images (0: none).")
-@click.option("--seed", type=int, default=0, help="Seed for --tta.")
+@click.option("--seed", type=SEED, default=0, help="Seed for --tta.")
 @click.option("--decide", default=None, metavar="RULE",
               help="How a label is chosen from the probabilities: 'argmax' (the most probable class: "
                    "the best accuracy), 'balanced' (relative to each class's share of the training users: "

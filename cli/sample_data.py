@@ -5,14 +5,14 @@ import time
 
 import click
 
-from cli.common import quiet_option, workers_option
+from cli.common import SEED, quiet_option, workers_option
 
 
 @click.command("sample-data")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--users", type=click.IntRange(2, 10_000_000), default=1000,
               help="Users in all (train and test together).")
-@click.option("--seed", type=int, default=0, help="Random seed; the output is byte-identical for a seed.")
+@click.option("--seed", type=SEED, default=0, help="Random seed; the output is byte-identical for a seed.")
 @click.option("--test-share", type=click.FloatRange(0.01, 0.99), default=0.3,
               help="Share of the users in the test split (the paper: 1,500 of 5,000).")
 @click.option("--signal", type=click.FloatRange(0, 1), default=0.3,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import Choice, echo_problems, output_option, refuse_output_over_inputs, write_output
+from cli.common import SEED, Choice, echo_problems, output_option, refuse_output_over_inputs, write_output
 
 
 @click.command()
@@ -25,7 +25,7 @@ from cli.common import Choice, echo_problems, output_option, refuse_output_over_
               help="Add majority-class and stratified-random rows computed from the truth.")
 @click.option("--bootstrap", type=click.IntRange(0, 100000), default=0,
               help="Resamples of the users for 95% intervals of F and Acc (0: none).")
-@click.option("--seed", type=int, default=0, help="Seed for --bootstrap and the random baseline.")
+@click.option("--seed", type=SEED, default=0, help="Seed for --bootstrap and the random baseline.")
 @click.option("--format", "fmt", type=Choice(["markdown", "csv", "json", "latex"]), default="markdown",
               help="Output format.")
 @output_option("Write the tables to this file (atomically) instead of stdout.")

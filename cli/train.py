@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import Choice, embeddings_option, quiet_option, workers_option
+from cli.common import SEED, Choice, embeddings_option, quiet_option, workers_option
 from profiler.config import field_names
 
 
@@ -48,7 +48,7 @@ MODEL_CHOICES = {"set": ["set"], "model1": ["model1"], "model2": ["model2"],
                    "model file keeps the adapted encoder. Experimental: it raises what the features allow "
                    "at the paper's size, but the default head has not gained from it reliably, and it costs "
                    "4-5x the training time (README)  [default: 0, the frozen encoder]")
-@click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
+@click.option("--seed", type=SEED, default=None, help="Random seed  [default: 0]")
 @click.option("--size", type=click.IntRange(8, 1024), default=None,
               help="Image size when preparing a dataset  [default: 64]")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,

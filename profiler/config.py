@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,21 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
+        problems = _type_problems(self)  # each setting of its kind first: the ranges below compare them
+        if problems:
+            raise ConfigError("invalid training configuration: " + "; ".join(problems))
         checks = [
+            *((lo <= getattr(self, name) <= hi, f"{name} must be a whole number from {lo} to {hi}, "
+                                                f"not {getattr(self, name)!r}") for name, (lo, hi) in WHOLE.items()),
+            *((getattr(self, name) > 0, f"{name} must be a positive number, not {getattr(self, name)!r}")
+              for name in POSITIVE),
+            *((getattr(self, name) >= 0, f"{name} must be a number from 0 up, not {getattr(self, name)!r}")
+              for name in ("decay", "weight_decay")),
+            *((len(getattr(self, name)) <= 16 and all(1 <= n <= 65536 for n in getattr(self, name)),
+               f"{name} must be a list of at most 16 layer widths from 1 to 65536, not {getattr(self, name)!r}"[:300])
+              for name in ("hidden", "dense")),
+            (self.filters is None or all(1 <= n <= 4096 for n in self.filters),
+             f"filters must be counts from 1 to 4096, not {self.filters!r}"[:300]),
             (self.model in MODELS, f"model must be one of {MODELS}, not {self.model!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, not {self.schedule!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}"),
@@ -144,20 +159,9 @@ class TrainConfig:
              f"class_weight must be one of {CLASS_WEIGHTS}, not {self.class_weight!r}"),
             (self.set_pooling in SET_POOLINGS,
              f"set_pooling must be one of {SET_POOLINGS}, not {self.set_pooling!r}"),
-            (self.cap >= 1, "cap must be at least 1"),
-            (self.neighbours >= 1 and self.neighbour_dims >= 1 and self.neighbour_temperature > 0,
-             "neighbours and neighbour_dims must be at least 1 and neighbour_temperature positive"),
-            (isinstance(self.bank_images, int) and 1 <= self.bank_images <= 1 << 24,
-             f"bank_images must be a whole number from 1 to {1 << 24}, not {self.bank_images!r}"),
-            (self.latent_neighbours >= 1 and self.latent_rounds >= 1 and self.latent_temperature > 0,
-             "latent_neighbours and latent_rounds must be at least 1 and latent_temperature positive"),
             (self.latent_start_trust is None or (isinstance(self.latent_start_trust, (int, float))
                                                  and 0 < self.latent_start_trust < 1),
              f"latent_start_trust must be null or a number between 0 and 1, not {self.latent_start_trust!r}"),
-            (isinstance(self.latent_start_temperature, (int, float)) and self.latent_start_temperature > 0,
-             f"latent_start_temperature must be a positive number, not {self.latent_start_temperature!r}"),
-            (isinstance(self.latent_start_by_rank, bool),
-             f"latent_start_by_rank must be true or false, not {self.latent_start_by_rank!r}"),
             (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
                                                and 0 <= self.latent_reader_l2 <= 1e6),
              f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),
@@ -174,28 +178,19 @@ class TrainConfig:
              == len(self.latent_side_traits) and set(map(str, self.latent_side_traits)) <= set(TRAITS),
              f"latent_side_traits must be a list of distinct traits ({', '.join(TRAITS)}), "
              f"not {self.latent_side_traits!r}"),
-            (isinstance(self.latent_refill, bool),
-             f"latent_refill must be true or false, not {self.latent_refill!r}"),
-            (isinstance(self.calibrate_refilled, bool),
-             f"calibrate_refilled must be true or false, not {self.calibrate_refilled!r}"),
             (bool(self.latent_side_pairs) == bool(self.latent_side_traits),
              "latent_side_pairs and latent_side_traits go together: give both or neither"),
             (self.encoder in _encoders(), f"encoder must be one of {tuple(_encoders())}, not {self.encoder!r}"),
-            (isinstance(self.adapt_epochs, int) and 0 <= self.adapt_epochs <= 100 and self.adapt_learning_rate > 0,
-             f"adapt_epochs must be a whole number from 0 to 100 and adapt_learning_rate positive, "
-             f"not {self.adapt_epochs!r} and {self.adapt_learning_rate!r}"),
             (not self.adapt_epochs or (self.model == "set" and self.encoder in ADAPTABLE),
              f"adapt_epochs adapts EfficientNet-Lite2's top for the set model (the encoder then is Lite2 "
              f"on the whole image and its centre crop, in float); it needs model 'set' and encoder one of "
              f"{ADAPTABLE}, not {self.model!r} and {self.encoder!r}"),
             (self.fit in ("pad", "crop"), f"fit must be 'pad' or 'crop', not {self.fit!r}"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
             (0 < self.val_share < 1, "val_share must be between 0 and 1"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (self.p >= 1 and self.size >= 8, "p must be at least 1 and size at least 8"),
             (set(self.head_weights) == set(TRAITS), f"head_weights needs exactly the keys {TRAITS}"),
+            (all(w >= 0 for w in self.head_weights.values()) and sum(self.head_weights.values()) > 0,
+             f"head_weights must be numbers from 0 up, one at least above 0, not {self.head_weights!r}"[:300]),
             (self.filters is None or self.model in CONVOLUTIONS,
              f"filters sets the 3D CNNs' convolutions; the {self.model} model has none"),
             (self.filters is None or self.model not in CONVOLUTIONS
@@ -210,6 +205,52 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: the whole-number settings' ranges: far past any useful setting, and short of what would
+#: exhaust memory or time before a message could say so (a run's ``nearest`` keeps
+#: ``latent_neighbours`` indices an image; ``seed`` seeds numpy's generators)
+WHOLE = {"p": (1, 1024), "size": (8, 1024), "max_images": (1, 4096), "cap": (1, 4096),
+         "neighbours": (1, 1024), "neighbour_dims": (1, 65536), "bank_images": (1, 1 << 24),
+         "latent_neighbours": (1, 1024), "latent_rounds": (1, 100), "adapt_epochs": (0, 100),
+         "epochs": (1, 100_000), "batch_size": (1, 65536), "patience": (0, 100_000), "seed": (0, 2**32 - 1)}
+#: the number settings that must be above 0
+POSITIVE = ("neighbour_temperature", "latent_temperature", "latent_start_temperature", "learning_rate",
+            "adapt_learning_rate")
+
+
+def _type_problems(config: TrainConfig) -> list[str]:
+    """A message for each setting not of its kind (a file's settings come as JSON or TOML
+    gives them): true or false, a whole number, a finite number (or null where ``NULLABLE``),
+    text, a list of whole numbers (the layer widths), or the traits' weights; the lists of
+    traits are left to ``validate``, whose messages say what they hold."""
+    problems = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float) or f.name in NULLABLE:
+            ok = (number and math.isfinite(value)) or (value is None and f.name in NULLABLE)
+            kind = "a finite number" + (" or null" if f.name in NULLABLE else "")
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "text"
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                 and math.isfinite(w) for w in value.values())
+            kind = "a table of finite numbers"
+        elif f.name in ("hidden", "dense", "filters"):
+            ok = (value is None and f.name == "filters") or (
+                isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value))
+            kind = "a list of whole numbers"
+        else:  # the lists of traits, checked with their meaning in ``validate``
+            continue
+        if not ok:
+            problems.append(f"{f.name} must be {kind}, not {value!r}"[:300])
+    return problems
 
 
 #: the encoders whose views and network an adapted encoder keeps (``adapt_epochs``)

@@ -37,3 +37,19 @@ def test_prepare_bad_truth_is_a_clean_error(tmp_path):
 def test_prepare_usage_error_exits_2(tmp_path):
     result = run("prepare", tmp_path, "--out-dir", tmp_path / "c", "--fit", "stretch")
     assert result.exit_code == 2
+
+
+def test_seed_out_of_range_is_a_usage_error(tmp_path):
+    """Every ``--seed`` takes what numpy's generators take (0 to 2^32 - 1); a negative one was a
+    traceback from ``sample-data`` and ``train``. Nothing is written."""
+    root = make_dataset(tmp_path / "d", {"a": 1})
+    for name in ("m.keras", "s.txt"):
+        (root / name).write_text("")
+    for args in (["sample-data", tmp_path / "out"], ["train", root, "--run-dir", tmp_path / "r"],
+                 ["predict", root, "--model", root / "m.keras"], ["score", "--truth", root, root / "s.txt"],
+                 ["demo", "--out-dir", tmp_path / "res"]):
+        for seed in ("-1", str(2**32)):
+            result = run(*args, "--seed", seed)
+            assert result.exit_code == 2, (args, result.output)
+            assert f"Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295." in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -153,7 +153,7 @@ def test_config_file_and_validation(tmp_path):
     assert config.learning_rate == 0.01 and config.head_weights["gender"] == 2.0
     with pytest.raises(ConfigError, match="unknown preset 'papr' \\(did you mean 'paper'\\?\\)"):
         resolve("papr")
-    with pytest.raises(ConfigError, match="epochs must be at least 1"):
+    with pytest.raises(ConfigError, match="epochs must be a whole number from 1 to 100000, not 0"):
         resolve("default", overrides={"epochs": 0})
     with pytest.raises(ConfigError, match=r"filters needs 7 counts for model2 \(one per convolution\), not \[4, 4\]"):
         resolve("default", overrides={"model": "model2", "filters": "[4,4]"})
@@ -216,6 +216,44 @@ def test_config_file_and_validation(tmp_path):
                                           r"occupation\), not \['gender', 'gender'\]"):
         resolve("default", overrides={"latent_side_pairs": '["gender*occupation"]',
                                       "latent_side_traits": '["gender", "gender"]'})
+
+
+def test_config_kinds_and_ranges(tmp_path):
+    """Every setting is checked for its kind (a file gives JSON's or TOML's) before its range,
+    and every count and rate has a range, so no setting reaches the code as a traceback or a
+    memory blow-up."""
+    path = tmp_path / "c.json"
+    path.write_text('{"epochs": [1], "learning_rate": [0.1], "hidden": 5, "dense": [true], "flip": 1, '
+                    '"latent_whiten": {}, "head_weights": {"gender": "a", "location": 1, "occupation": 1}}')
+    with pytest.raises(ConfigError) as caught:
+        resolve("default", file=path)
+    assert str(caught.value) == (
+        "invalid training configuration: flip must be true or false, not 1; dense must be a list of whole "
+        "numbers, not [True]; hidden must be a list of whole numbers, not 5; latent_whiten must be a finite "
+        "number or null, not {}; learning_rate must be a finite number, not [0.1]; epochs must be a whole "
+        "number, not [1]; head_weights must be a table of finite numbers, not {'gender': 'a', 'location': 1, "
+        "'occupation': 1}")
+    cases = {"seed": ("-1", "seed must be a whole number from 0 to 4294967295, not -1"),
+             "latent_neighbours": ("100000", "latent_neighbours must be a whole number from 1 to 1024, not 100000"),
+             "max_images": ("0", "max_images must be a whole number from 1 to 4096, not 0"),
+             "size": ("100000", "size must be a whole number from 8 to 1024, not 100000"),
+             "patience": ("-1", "patience must be a whole number from 0 to 100000, not -1"),
+             "learning_rate": ("inf", "learning_rate must be a finite number, not inf"),
+             "latent_temperature": ("0", "latent_temperature must be a positive number, not 0.0"),
+             "weight_decay": ("-1", "weight_decay must be a number from 0 up, not -1.0"),
+             "hidden": ("[100000000]", "hidden must be a list of at most 16 layer widths from 1 to 65536, "
+                                       "not [100000000]"),
+             "head_weights": ('{"gender": 0, "location": 0, "occupation": 0}',
+                              "head_weights must be numbers from 0 up, one at least above 0, not "
+                              "{'gender': 0, 'location': 0, 'occupation': 0}")}
+    for key, (value, message) in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            resolve("default", overrides={key: value})
+        assert str(caught.value) == "invalid training configuration: " + message
+    with pytest.raises(ConfigError, match=r"filters must be counts from 1 to 4096, not \[0, 8, 8, 8\]"):
+        resolve("default", overrides={"model": "model1", "filters": "[0, 8, 8, 8]"})
+    edge = resolve("default", overrides={"seed": str(2**32 - 1), "latent_neighbours": "1024", "patience": "0"})
+    assert (edge.seed, edge.latent_neighbours, edge.patience) == (2**32 - 1, 1024, 0)
 
 
 def test_training_needs_truth(tmp_path):
