@@ -24,6 +24,16 @@ class Choice(click.Choice):
             raise
 
 
+class FloatRange(click.FloatRange):
+    """``click.FloatRange`` that refuses nan, which passes every comparison with its bounds."""
+
+    def convert(self, value, param, ctx):
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return out
+
+
 #: a seed numpy's generators take: 0 to 2^32 - 1
 SEED = click.IntRange(0, 2**32 - 1)
 

@@ -38,8 +38,9 @@ def evaluate(run, dataset, out_dir, workers, quiet):
 @click.option("--runs", type=click.Path(file_okay=False), default="runs/demo",
               help="Where the three training runs and the embedding cache go (runs are reused if "
                    "finished with the same settings).")
-@click.option("--users", type=click.IntRange(20), default=1000, help="Sample users (train and test).")
-@click.option("--epochs", type=click.IntRange(1), default=8, help="Most epochs per 3D CNN.")
+@click.option("--users", type=click.IntRange(20, 10_000_000), default=1000,
+              help="Sample users (train and test).")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=8, help="Most epochs per 3D CNN.")
 @click.option("--size", type=click.IntRange(8, 512), default=64, help="Image size in pixels.")
 @click.option("--seed", type=SEED, default=0, help="Seed for the data and the training.")
 @workers_option("Processes for making and decoding images")

@@ -128,7 +128,8 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
     if output:
         click.echo(f"wrote {len(users)} users to {output}", err=True)
     if skipped:
-        click.echo(f"{skipped} image file{'s' * (skipped != 1)} skipped in all (the warnings above name them)", err=True)
+        click.echo(f"{skipped} image file{'s' * (skipped != 1)} skipped in all (the warnings above name them)",
+                   err=True)
     if failed:
         click.echo(f"{failed} of {len(users)} users could not be profiled", err=True)
         sys.exit(EXIT_SOME_FAILED)

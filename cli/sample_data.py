@@ -5,7 +5,7 @@ import time
 
 import click
 
-from cli.common import SEED, quiet_option, workers_option
+from cli.common import SEED, FloatRange, quiet_option, workers_option
 
 
 @click.command("sample-data")
@@ -13,9 +13,9 @@ from cli.common import SEED, quiet_option, workers_option
 @click.option("--users", type=click.IntRange(2, 10_000_000), default=1000,
               help="Users in all (train and test together).")
 @click.option("--seed", type=SEED, default=0, help="Random seed; the output is byte-identical for a seed.")
-@click.option("--test-share", type=click.FloatRange(0.01, 0.99), default=0.3,
+@click.option("--test-share", type=FloatRange(0.01, 0.99), default=0.3,
               help="Share of the users in the test split (the paper: 1,500 of 5,000).")
-@click.option("--signal", type=click.FloatRange(0, 1), default=0.3,
+@click.option("--signal", type=FloatRange(0, 1), default=0.3,
               help="Share of a user's images that carry information about its labels.")
 @workers_option("Processes")
 @click.option("--contact-sheet", type=click.Path(dir_okay=False), default=None,

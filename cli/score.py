@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import SEED, Choice, echo_problems, output_option, refuse_output_over_inputs, write_output
+from cli.common import (SEED, Choice, FloatRange, echo_problems, output_option, refuse_output_over_inputs,
+                        write_output)
 
 
 @click.command()
@@ -33,7 +34,7 @@ from cli.common import SEED, Choice, echo_problems, output_option, refuse_output
               help="Write confusion-matrix heat-maps (PNG) into this folder.")
 @click.option("--ignore-extra", is_flag=True,
               help="Warn about, rather than reject, users that are not in the truth.")
-@click.option("--at-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
+@click.option("--at-precision", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
               show_default=True,
               help="For probability outputs: the precision at which each class's recall is reported.")
 def score(truth, submissions, names, submission_format, average, f_measure, with_paper, baselines,

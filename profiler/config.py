@@ -147,9 +147,9 @@ class TrainConfig:
               for name in POSITIVE),
             *((getattr(self, name) >= 0, f"{name} must be a number from 0 up, not {getattr(self, name)!r}")
               for name in ("decay", "weight_decay")),
-            *((len(getattr(self, name)) <= 16 and all(1 <= n <= 65536 for n in getattr(self, name)),
-               f"{name} must be a list of at most 16 layer widths from 1 to 65536, not {getattr(self, name)!r}"[:300])
-              for name in ("hidden", "dense")),
+            *((len(widths) <= 16 and all(1 <= n <= 65536 for n in widths),
+               f"{name} must be a list of at most 16 layer widths from 1 to 65536, not {widths!r}"[:300])
+              for name, widths in (("hidden", self.hidden), ("dense", self.dense))),
             (self.filters is None or all(1 <= n <= 4096 for n in self.filters),
              f"filters must be counts from 1 to 4096, not {self.filters!r}"[:300]),
             (self.model in MODELS, f"model must be one of {MODELS}, not {self.model!r}"),

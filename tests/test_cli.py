@@ -53,3 +53,17 @@ def test_seed_out_of_range_is_a_usage_error(tmp_path):
             assert result.exit_code == 2, (args, result.output)
             assert f"Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295." in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_nan_is_refused_where_a_number_in_a_range_is_asked(tmp_path):
+    """click's FloatRange lets nan through (every comparison with a bound is false): score's
+    --at-precision nan was a traceback."""
+    root = make_dataset(tmp_path / "d", {"a": 1})
+    (root / "s.txt").write_text("")
+    for args in (["score", "--truth", root, root / "s.txt", "--at-precision", "nan"],
+                 ["sample-data", tmp_path / "out", "--signal", "nan"],
+                 ["sample-data", tmp_path / "out", "--test-share", "nan"]):
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "'nan' is not a number." in result.output
+    assert not (tmp_path / "out").exists()
