@@ -82,8 +82,18 @@ def atomic_path(path: str | Path, suffix: str = ""):
     ``suffix`` ends the temporary name, for writers that insist on an extension
     (Keras' ``.keras``, LiteRT's ``.tflite``). On an exception the temporary file is
     removed and ``path`` is left untouched.
+
+    A symbolic link stays: the file it points to is the one replaced. A device or a pipe
+    (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place, as a shell's ``>`` would:
+    renaming over it would put a plain file where the device was (as root, ``-o /dev/null``
+    replaced the system's ``/dev/null``).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)

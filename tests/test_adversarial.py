@@ -65,6 +65,34 @@ def test_the_longest_legal_file_name_can_be_written(tmp_path):
     assert longest.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["a" * 255]
 
 
+def test_a_device_a_pipe_or_a_link_is_written_through_not_replaced(tmp_path):
+    """``-o /dev/null`` run as root renamed a plain file over the system's /dev/null. A device
+    or a pipe is now written in place; a link stays a link, and the file it names is replaced."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    atomic_write_text(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("old")
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    device = tmp_path / "null"
+    try:  # a copy of /dev/null's device node (root only): never the real one, should this fail
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        return
+    atomic_write_text(device, "gone")
+    assert stat.S_ISCHR(device.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "null", "pipe", "target.txt"]
+
+
 def run(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert "Traceback" not in result.output
