@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import functools
 import os
 import re
@@ -150,9 +151,12 @@ def atomic_dir(path: str | Path):
     An existing ``path`` is kept until the new folder is complete, then exchanged with it in
     one atomic step where the platform allows (Linux), so ``path`` is never missing; an
     interrupted run leaves only a ``.tmp-`` folder that nothing trusts (and the next run
-    removes).
+    removes). A device or a pipe at ``path`` is refused (``FileExistsError``) before
+    anything is written: the exchange would put the folder in its place.
     """
     path = Path(path)
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise FileExistsError(errno.EEXIST, "a device or a pipe, not a folder to write into", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}tmp-{os.getpid()}-", dir=path.parent))

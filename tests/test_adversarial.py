@@ -78,6 +78,10 @@ def test_a_device_a_pipe_or_a_link_is_written_through_not_replaced(tmp_path):
     atomic_write_text(fifo, "through the pipe")
     reader.join(timeout=10)
     assert got == ["through the pipe"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    with pytest.raises(FileExistsError, match="a device or a pipe, not a folder to write into"):
+        with atomic_dir(fifo):  # a folder output (a cache, a Parquet folder) is refused there
+            pass
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
     target, link = tmp_path / "target.txt", tmp_path / "link.txt"
     target.write_text("old")
     link.symlink_to(target)
@@ -89,6 +93,10 @@ def test_a_device_a_pipe_or_a_link_is_written_through_not_replaced(tmp_path):
     except PermissionError:
         return
     atomic_write_text(device, "gone")
+    assert stat.S_ISCHR(device.lstat().st_mode)
+    with pytest.raises(FileExistsError, match="a device or a pipe, not a folder to write into"):
+        with atomic_dir(device):
+            pass
     assert stat.S_ISCHR(device.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "null", "pipe", "target.txt"]
 
