@@ -328,17 +328,31 @@ def apply_overrides(base: dict, overrides: dict, *, source: str) -> dict:
     return out
 
 
+#: the largest settings file read (the whole of them is a few hundred bytes)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config_file(path: str | Path) -> dict:
-    """Settings from a JSON or TOML file (by extension)."""
+    """Settings from a JSON or TOML file (by extension): a plain file of at most
+    ``MAX_CONFIG_BYTES`` (a device such as /dev/zero would be read until memory runs out)."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: settings must be a plain file, not a folder, device or pipe")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: a settings file of more than {MAX_CONFIG_BYTES} bytes; "
+                              "settings take a few hundred")
+        text = data.decode("utf-8")
         if path.suffix == ".toml":
             import tomllib
 
             settings = tomllib.loads(text)
         else:
             settings = json.loads(text)
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(f"{path}: cannot parse settings: {exc}") from exc
     if not isinstance(settings, dict):

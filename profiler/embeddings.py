@@ -54,6 +54,9 @@ class EmbeddingStore:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_store_path()
+        if self.path.exists() and not self.path.is_file():  # SQLite would leave its journal beside a device
+            raise DataError(f"{self.path}: cannot open the embedding cache: not a plain file (a folder, "
+                            "device or pipe)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=OPEN_TIMEOUT, check_same_thread=False)

@@ -1,4 +1,6 @@
 """The embedding cache and embedding users' images through it."""
+import os
+
 import numpy as np
 import pytest
 
@@ -161,6 +163,11 @@ def test_a_new_cache_set_up_by_another_process_at_once_is_waited_for(tmp_path, m
     (tmp_path / "c.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(DataError, match=r"c\.sqlite: cannot open the embedding cache: file is not a database"):
         EmbeddingStore(tmp_path / "c.sqlite")
+    os.mkfifo(tmp_path / "d.sqlite")  # SQLite, given a device or a pipe, left its journal beside it
+    with pytest.raises(DataError, match=r"d\.sqlite: cannot open the embedding cache: not a plain file \(a folder, "
+                                        r"device or pipe\)"):
+        EmbeddingStore(tmp_path / "d.sqlite")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("d.")) == ["d.sqlite"]
 
 
 def _open_and_put(args):

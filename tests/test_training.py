@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -252,6 +253,13 @@ def test_config_kinds_and_ranges(tmp_path):
         assert str(caught.value) == "invalid training configuration: " + message
     with pytest.raises(ConfigError, match=r"filters must be counts from 1 to 4096, not \[0, 8, 8, 8\]"):
         resolve("default", overrides={"model": "model1", "filters": "[0, 8, 8, 8]"})
+    fifo, big = tmp_path / "settings.json", tmp_path / "big.json"
+    os.mkfifo(fifo)  # read, it would block; /dev/zero would fill the memory
+    with pytest.raises(ConfigError, match="settings.json: settings must be a plain file, not a folder, device or pipe"):
+        resolve("default", file=fifo)
+    big.write_text("{" + " " * (1 << 20) + "}")
+    with pytest.raises(ConfigError, match="big.json: a settings file of more than 1048576 bytes; settings take a few"):
+        resolve("default", file=big)
     edge = resolve("default", overrides={"seed": str(2**32 - 1), "latent_neighbours": "1024", "patience": "0"})
     assert (edge.seed, edge.latent_neighbours, edge.patience) == (2**32 - 1, 1024, 0)
 
