@@ -104,9 +104,15 @@ def train(data, model, run_dir, preset, config_file, sets, epochs, batch_size, a
     if imports:
         from profiler.embeddings import EmbeddingStore, import_embeddings
 
+        expect = {}  # the length of the set model's encoder's vectors, checked before any is stored
+        if "set" in configs and not configs["set"].adapt_epochs:
+            from profiler.encoders import get_encoder
+
+            encoder = get_encoder(configs["set"].encoder)
+            expect[encoder.identity] = encoder.dim
         with EmbeddingStore(store_path) as store:
             for source in imports:
-                counts = import_embeddings(source, store)
+                counts = import_embeddings(source, store, expect=expect)
                 for identity, count in counts.items() or {"(none)": 0}.items():
                     click.echo(f"imported {count} embeddings of {identity} from {source} into {store.path}",
                                err=True)

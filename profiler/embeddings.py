@@ -38,6 +38,9 @@ STORE_NAME = "embeddings.sqlite"
 OPEN_TIMEOUT = 60
 #: images embedded per network call group (bounds memory: ~0.6 MB an image at 224 px)
 EMBED_CHUNK = 128
+#: the largest size of an embedding's value that a cache may hold (the encoders' are below
+#: 100; a crafted 1e38 overflowed the head's standardisation into a traceback)
+MAX_VALUE = 1e6
 
 
 def default_store_path() -> Path:
@@ -201,6 +204,17 @@ def lookup_or_embed(paths: list[Path], encoder, store: EmbeddingStore, *,
         except ImageError as exc:
             digests.append(exc.reason)
     known = store.get(identity, [d for d in digests if isinstance(d, bytes)])
+    for value in known.values():  # a cache is a file anyone may have written (or imported: embed's Parquet)
+        if isinstance(value, str):
+            continue
+        if value.shape != (encoder.dim,):
+            wrong = f"has {value.size} values where the encoder gives {encoder.dim}"
+        elif not np.all(np.abs(value) <= MAX_VALUE):
+            wrong = f"has values not finite or over {MAX_VALUE:g} in size"
+        else:
+            continue
+        raise DataError(f"{store.path}: an embedding stored for encoder {identity[:100]} {wrong}: it is not "
+                        "that encoder's; remove the cache file, or import embeddings that are")
     missing = {d: path for d, path in zip(digests, paths) if isinstance(d, bytes) and d not in known}
     if missing:
         digest_of = {path: d for d, path in missing.items()}
@@ -378,20 +392,23 @@ def embedding_rows(users: list[User], encoder, store: EmbeddingStore, *, progres
     return pd.DataFrame.from_records(records, columns=list(EMBEDDING_COLUMNS))
 
 
-def import_embeddings(path: str | Path, store: EmbeddingStore, *, batch_rows: int = 4096) -> dict[str, int]:
+def import_embeddings(path: str | Path, store: EmbeddingStore, *, batch_rows: int = 4096,
+                      expect: dict[str, int] | None = None) -> dict[str, int]:
     """Put the embeddings of a Parquet file or folder (``profiler embed``'s output) in ``store``.
 
     Every row is checked before anything is stored (a first pass): a 64-hex-digit
-    digest, an encoder identity, and either a finite vector of the same length as that
-    encoder's others or a reason. Rows without a digest (unreadable files) are left out.
+    digest, an encoder identity, and either a vector of the same length as that encoder's
+    others (and as ``expect`` says, where it names the identity: an encoder's length),
+    finite and at most ``MAX_VALUE`` in size, or a reason. Rows without a digest
+    (unreadable files) are left out.
     The second pass stores the rows batch by batch, so memory stays flat for any size.
     Returns the number of rows stored per encoder identity.
     """
     counts: dict[str, int] = {}
-    for encoder, _ in _parquet_entries(path, batch_rows):
+    for encoder, _ in _parquet_entries(path, batch_rows, expect or {}):
         counts[encoder] = counts.get(encoder, 0) + 1
     batch: dict[str, dict] = {}
-    for n, (encoder, entry) in enumerate(_parquet_entries(path, batch_rows), 1):
+    for n, (encoder, entry) in enumerate(_parquet_entries(path, batch_rows, expect or {}), 1):
         batch.setdefault(encoder, {}).update([entry])
         if n % batch_rows == 0:
             for name, entries in batch.items():
@@ -402,8 +419,9 @@ def import_embeddings(path: str | Path, store: EmbeddingStore, *, batch_rows: in
     return counts
 
 
-def _parquet_entries(path: str | Path, batch_rows: int):
-    """Yield ``(encoder, (digest bytes, vector or reason))`` from an embeddings Parquet, checked."""
+def _parquet_entries(path: str | Path, batch_rows: int, expect: dict[str, int]):
+    """Yield ``(encoder, (digest bytes, vector or reason))`` from an embeddings Parquet, checked
+    (``import_embeddings``)."""
     try:
         import pyarrow.dataset as ds
     except ImportError as exc:
@@ -413,7 +431,7 @@ def _parquet_entries(path: str | Path, batch_rows: int):
     from core.errors import clip
 
     path = Path(path)
-    dims: dict[str, int] = {}
+    dims = dict(expect)
     row = 0
     try:
         dataset = ds.dataset(path, format="parquet")
@@ -439,11 +457,12 @@ def _parquet_entries(path: str | Path, batch_rows: int):
                     value: np.ndarray | str = reason[:500]
                 else:
                     value = np.asarray(vector, np.float32)
-                    if value.ndim != 1 or not len(value) or not np.all(np.isfinite(value)):
-                        raise DataError(f"{where}: the vector is empty or not finite")
+                    if value.ndim != 1 or not len(value) or not np.all(np.abs(value) <= MAX_VALUE):
+                        raise DataError(f"{where}: the vector is empty, not finite or over {MAX_VALUE:g} in size")
                     if dims.setdefault(encoder, len(value)) != len(value):
-                        raise DataError(f"{where}: a vector of {len(value)} values, but the other "
-                                        f"vectors of {encoder} have {dims[encoder]}")
+                        whose = "the encoder gives" if encoder in expect else "the other vectors of it have"
+                        raise DataError(f"{where}: a vector of {len(value)} values for {clip(encoder, 120)}, but "
+                                        f"{whose} {dims[encoder]}")
                 yield encoder, (bytes.fromhex(digest), value)
     except DataError:
         raise

@@ -20,6 +20,24 @@ def test_store_round_trip_and_counts(tmp_path):
         assert store.count() == 2 and store.count("enc@1") == 2
 
 
+def test_a_cached_vector_that_is_not_the_encoders_is_refused(tmp_path):
+    """A cache is a file anyone may have written: a stored vector of another length, or with
+    values a head's standardisation would overflow on, is a message naming the cache, not a
+    traceback from TensorFlow or scikit-learn."""
+    from core.errors import DataError
+
+    data = make_dataset(tmp_path / "d", {"a": 1})
+    [user] = load_dataset(data).users
+    digest = content_digest(user.files[0])
+    for name, vector, wrong in (("short", np.ones(3, np.float32), "has 3 values where the encoder gives 8"),
+                                ("huge", np.full(8, 1e38, np.float32), r"has values not finite or over 1e\+06 in size")):
+        with EmbeddingStore(tmp_path / f"{name}.sqlite") as store:
+            store.put(TinyEncoder.identity, {digest: vector})
+            with pytest.raises(DataError, match=f"{name}.sqlite: an embedding stored for encoder tiny@test {wrong}: "
+                                                "it is not that encoder's; remove the cache file"):
+                embed_users([user], TinyEncoder(), store)
+
+
 def test_second_run_embeds_nothing_and_shared_images_count_once(tmp_path):
     data = make_dataset(tmp_path / "d", {"a": 3, "b": 5})  # a's 3 images are b's first 3
     users = load_dataset(data).users

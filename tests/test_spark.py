@@ -167,9 +167,10 @@ def test_bad_embedding_files_are_refused_with_the_row(tmp_path):
     good = {"digest": "ab" * 32, "encoder": "tiny@test", "vector": [0.5, 1.0], "reason": None}
     cases = {
         "digest": ({"digest": "xyz"}, r"row 2: digest 'xyz' is not a SHA-256 in hex"),
-        "finite": ({"vector": [np.nan, 1.0]}, r"row 2: the vector is empty or not finite"),
-        "length": ({"vector": [1.0, 2.0, 3.0]}, r"row 2: a vector of 3 values, but the other vectors of "
-                                                 r"tiny@test have 2"),
+        "finite": ({"vector": [np.nan, 1.0]}, r"row 2: the vector is empty, not finite or over 1e\+06 in size"),
+        "huge": ({"vector": [1e38, 1.0]}, r"row 2: the vector is empty, not finite or over 1e\+06 in size"),
+        "length": ({"vector": [1.0, 2.0, 3.0]}, r"row 2: a vector of 3 values for 'tiny@test', but the other "
+                                                 r"vectors of it have 2"),
         "neither": ({"vector": None}, r"row 2: neither a vector nor a reason"),
     }
     with EmbeddingStore(tmp_path / "s.sqlite") as store:
@@ -187,6 +188,10 @@ def test_bad_embedding_files_are_refused_with_the_row(tmp_path):
                                              r"\(no column digest, encoder, vector, reason"):
             import_embeddings(tmp_path / "cols.parquet", store)
         pd.DataFrame([good]).to_parquet(tmp_path / "ok.parquet")
+        with pytest.raises(DataError, match=r"ok.parquet: row 1: a vector of 2 values for 'tiny@test', but the "
+                                             r"encoder gives 3"):
+            import_embeddings(tmp_path / "ok.parquet", store, expect={"tiny@test": 3})
+        assert store.count() == 0
         assert import_embeddings(tmp_path / "ok.parquet", store) == {"tiny@test": 1}
         np.testing.assert_array_equal(store.get("tiny@test", [bytes.fromhex("ab" * 32)])[bytes.fromhex("ab" * 32)],
                                       np.array([0.5, 1.0], np.float32))
