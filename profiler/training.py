@@ -320,68 +320,108 @@ def train(data, run_dir: str | Path, config: TrainConfig, *, resume: bool = Fals
                         f"{type(data).__name__}; make its data with its family's training_data")
     config = family.fit_config(config, data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
-    set_determinism(config.seed)
-    train_pos, val_pos = split_indices(data, config.val_share, config.seed)
-    with strategy.scope() if strategy else contextlib.nullcontext():
-        model = family.build(config, data, train_pos)
-        fitted, fitted_data = family.split(model, data, train_pos)
-        train_data = EpochData(family, fitted_data, train_pos, config, train=True, shard=(shard, shards))
-        val_data = EpochData(family, fitted_data, val_pos, config, train=False)
-        compile_model(fitted, config, len(train_data))
-    if shards > 1:
-        _prebuild(fitted, strategy, train_data)
-    from profiler.callbacks import trainer_callbacks
+    with _run_lock(run_dir):  # held until the run ends, whichever way
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_json(), indent=2) + "\n")
+        set_determinism(config.seed)
+        train_pos, val_pos = split_indices(data, config.val_share, config.seed)
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            model = family.build(config, data, train_pos)
+            fitted, fitted_data = family.split(model, data, train_pos)
+            train_data = EpochData(family, fitted_data, train_pos, config, train=True, shard=(shard, shards))
+            val_data = EpochData(family, fitted_data, val_pos, config, train=False)
+            compile_model(fitted, config, len(train_data))
+        if shards > 1:
+            _prebuild(fitted, strategy, train_data)
+        from profiler.callbacks import trainer_callbacks
 
-    own, state = trainer_callbacks(run_dir, train_data, val_data, config, resume=resume, progress=progress,
-                                   saved=model)
-    start = time.perf_counter()
+        own, state = trainer_callbacks(run_dir, train_data, val_data, config, resume=resume, progress=progress,
+                                       saved=model)
+        start = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(sys.stderr), (  # Keras' progress bar: stderr, not stdout
+                    _scalar_logs_across_workers(strategy) if shards > 1 else contextlib.nullcontext()):
+                fitted.fit(_distributed(strategy, train_data), epochs=config.epochs, callbacks=own + list(callbacks),
+                           shuffle=False, verbose=1 if progress and sys.stderr.isatty() else 0)
+        except OSError as exc:
+            if resume and not state.restored:  # BackupAndRestore failed to read the only backup
+                # killed while Keras wrote it, with none before: nothing of the run is safely kept, so
+                # it starts again (deterministic: it ends with the weights an uninterrupted run has)
+                log.warning("%s: the training backup cannot be read (%s): the run was killed while writing it "
+                            "and there is no earlier one; training again from the start", run_dir / BACKUP_DIR, exc)
+                shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+                state_path.unlink(missing_ok=True)
+                return train(data, requested_dir, requested_config, progress=progress, callbacks=callbacks,
+                             distribute=distribute)
+            raise
+        elapsed = time.perf_counter() - start
+        from profiler.models.io import load_model, save_model
+
+        save_model(model, run_dir / "last.keras")
+        if progress:  # the set model's refilled bank takes about a minute at 3,500 users
+            print("calibrating the kept epoch on the validation users and writing the final model", file=sys.stderr,
+                  flush=True)
+        kept = run_dir / BEST_FILE
+        if not kept.is_file() and (run_dir / "model.keras").is_file():
+            kept = run_dir / "model.keras"  # a run begun by an earlier version, which kept its checkpoint there
+        best = load_model(kept)
+        calibration = calibrate(best, family, data, val_pos, config, train_pos) if config.calibrate else None
+        save_model(family.finish(best, data, np.union1d(train_pos, val_pos), config), run_dir / "model.keras")
+        summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
+        summary["calibration"] = calibration
+        summary["distribute"] = {"mode": distribute, "workers": shards,
+                                 "replicas": strategy.num_replicas_in_sync if strategy else 1}
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        from profiler.plots import training_curves
+
+        training_curves(run_dir / HISTORY_FILE, run_dir / "curves.png", title=f"{config.model} ({config.preset})",
+                        weighted=config.class_weight != "none")
+        # done only once every output is written: a run killed before this point is resumed (and
+        # ends the same), one killed after it is whole
+        state.finish()
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+        (run_dir / BEST_FILE).unlink(missing_ok=True)
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)  # still held: a process that opened it now is refused
+        if shard:  # a worker's own files: the chief's RUN_DIR has the run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return summary
+
+
+#: the run directories this process trains into (``_run_lock``): a torn backup's fresh start
+#: trains again inside the lock it holds
+_LOCKED: set[str] = set()
+LOCK_FILE = "train.lock"
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Hold ``RUN_DIR/train.lock`` (an exclusive ``flock``) while training into ``run_dir``: a
+    second process training there at once (a job started twice, a scheduler's restart while
+    the first still runs) would write over the first one's checkpoints. The lock goes with
+    its process, however it ends, so a killed run leaves none held; the file is removed once
+    the run is done. Where ``fcntl`` is missing (not POSIX) nothing is locked."""
+    key = str(run_dir.resolve())
     try:
-        with contextlib.redirect_stdout(sys.stderr), (  # Keras' progress bar: stderr, not stdout
-                _scalar_logs_across_workers(strategy) if shards > 1 else contextlib.nullcontext()):
-            fitted.fit(_distributed(strategy, train_data), epochs=config.epochs, callbacks=own + list(callbacks), shuffle=False,
-                       verbose=1 if progress and sys.stderr.isatty() else 0)
-    except OSError as exc:
-        if resume and not state.restored:  # BackupAndRestore failed to read the only backup
-            # killed while Keras wrote it, with none before: nothing of the run is safely kept, so
-            # it starts again (deterministic: it ends with the weights an uninterrupted run has)
-            log.warning("%s: the training backup cannot be read (%s): the run was killed while writing it "
-                        "and there is no earlier one; training again from the start", run_dir / BACKUP_DIR, exc)
-            shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
-            state_path.unlink(missing_ok=True)
-            return train(data, requested_dir, requested_config, progress=progress, callbacks=callbacks,
-                         distribute=distribute)
-        raise
-    elapsed = time.perf_counter() - start
-    from profiler.models.io import load_model, save_model
-
-    save_model(model, run_dir / "last.keras")
-    if progress:  # the set model's refilled bank takes about a minute at 3,500 users
-        print("calibrating the kept epoch on the validation users and writing the final model", file=sys.stderr,
-              flush=True)
-    kept = run_dir / BEST_FILE
-    if not kept.is_file() and (run_dir / "model.keras").is_file():
-        kept = run_dir / "model.keras"  # a run begun by an earlier version, which kept its checkpoint there
-    best = load_model(kept)
-    calibration = calibrate(best, family, data, val_pos, config, train_pos) if config.calibrate else None
-    save_model(family.finish(best, data, np.union1d(train_pos, val_pos), config), run_dir / "model.keras")
-    summary = _summary(run_dir, config, model, len(train_pos), len(val_pos), elapsed)
-    summary["calibration"] = calibration
-    summary["distribute"] = {"mode": distribute, "workers": shards,
-                             "replicas": strategy.num_replicas_in_sync if strategy else 1}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    from profiler.plots import training_curves
-
-    training_curves(run_dir / HISTORY_FILE, run_dir / "curves.png", title=f"{config.model} ({config.preset})",
-                    weighted=config.class_weight != "none")
-    # done only once every output is written: a run killed before this point is resumed (and
-    # ends the same), one killed after it is whole
-    state.finish()
-    shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
-    (run_dir / BEST_FILE).unlink(missing_ok=True)
-    if shard:  # a worker's own files: the chief's RUN_DIR has the run
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return summary
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if key in _LOCKED or fcntl is None:
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunStateError(f"{run_dir}: another process is training here now (it holds {path}); wait "
+                                "for it to end, or choose another run directory") from None
+        _LOCKED.add(key)
+        try:
+            yield
+        finally:
+            _LOCKED.discard(key)
+    finally:
+        os.close(fd)
 
 
 def calibrate(best, family, data, positions: np.ndarray, config: TrainConfig,

@@ -74,6 +74,23 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
         train(cache, tmp_path / "cut", config, progress=False, resume=True)
 
 
+def test_a_second_process_training_into_the_same_run_is_refused(cache, tmp_path):
+    """While one process trains into RUN (it holds RUN/train.lock), another is refused before it
+    writes anything; the lock goes with the process, and a finished run leaves no lock file."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "train.lock", "w") as other:  # another open file: flock conflicts as another process's
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunStateError, match=f"{run_dir}: another process is training here now \\(it holds "
+                                                f"{run_dir / 'train.lock'}\\); wait for it to end, or choose"):
+            train(cache, run_dir, tiny(epochs=1), progress=False)
+        assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]
+    train(cache, run_dir, tiny(epochs=1), progress=False)  # released (as a killed process's is)
+    assert (run_dir / "model.keras").is_file() and not (run_dir / "train.lock").exists()
+
+
 def test_killed_while_writing_the_last_outputs_resumes_to_the_same_run(cache, tmp_path):
     """Killed after the last epoch but before summary.json and curves.png were written (Keras has
     already deleted its backup): the run is not marked finished, and --resume ends the same."""
