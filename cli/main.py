@@ -38,7 +38,10 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:  # a write error (disk full, file too large, permissions): no traceback
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError) and exc.filename and os.path.isfile(exc.filename):
+                reason = "a file is there, where a folder was to be made"  # mkdir of a path through a file
+            raise click.ClickException(f"{where}{reason}") from exc
 
 
 class _StderrHandler(logging.Handler):
