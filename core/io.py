@@ -77,6 +77,16 @@ def scratch_path(path: str | Path, suffix: str = "") -> Path:
 
 
 @contextlib.contextmanager
+def _named(path: Path):
+    """An ``OSError`` raised making the temporary file or folder beside ``path`` names ``path``,
+    the destination asked for, rather than the temporary name no one chose."""
+    try:
+        yield
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
@@ -97,7 +107,8 @@ def atomic_path(path: str | Path, suffix: str = ""):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
+    with _named(path):
+        fd, tmp = tempfile.mkstemp(prefix=f"{_prefix(path)}{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -159,7 +170,8 @@ def atomic_dir(path: str | Path):
         raise FileExistsError(errno.EEXIST, "a device or a pipe, not a folder to write into", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}tmp-{os.getpid()}-", dir=path.parent))
+    with _named(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_prefix(path)}tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
     except BaseException:

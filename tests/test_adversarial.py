@@ -116,6 +116,9 @@ def test_a_write_error_is_a_clean_error(tmp_path):
     result = run("sample-data", blocker / "data", "--users", 20, "-q")
     assert result.exit_code == 1 and blocker.read_text() == "not a folder"
     assert f"Error: {blocker}: a file is there, where a folder was to be made" in result.output
+    if os.path.isdir("/proc/self"):  # Linux: no file can be made in /proc; the error names what was asked
+        result = run("score", "-t", data / "truth.txt", "--baselines", "-o", "/proc/profiler-test.md")
+        assert result.exit_code == 1 and "Error: /proc/profiler-test.md: " in result.output
 
 
 def test_a_keras_model_from_elsewhere_is_named_for_what_it_is(tmp_path):
