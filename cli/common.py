@@ -76,6 +76,18 @@ def embeddings_option():
                              "$PROFILER_CACHE_DIR/embeddings.sqlite, or ~/.cache/profiler/embeddings.sqlite]")
 
 
+def spark_master(ctx, param, value):
+    """``--master`` in one of the forms Spark takes (``yarn``, ``local``, ``local[...]``,
+    ``local-cluster[...]``, ``spark://...``, ``k8s://...``): any other form Spark answers with
+    a Java stack trace."""
+    import re
+
+    if value is not None and not re.fullmatch(r"yarn|local(-cluster)?(\[[0-9*, ]+\])?|(spark|k8s)://\S+", value):
+        raise click.BadParameter(f"{value[:100]!r} is not a Spark master: yarn, local, local[N] or local[*], "
+                                 "spark://HOST:PORT or k8s://URL")
+    return value
+
+
 def spark_options(what: str):
     """``--engine``, ``--master``, ``--partitions``: run the job on this machine or on Spark."""
     def decorate(function):
@@ -83,7 +95,7 @@ def spark_options(what: str):
             click.option("--engine", type=Choice(["local", "spark"]), default="local",
                          help=f"{what} in this process ('local') or on Apache Spark ('spark': pip install "
                               "'profiler[spark]'; needs Java 17+)."),
-            click.option("--master", default="local[*]",
+            click.option("--master", default="local[*]", callback=spark_master,
                          help="With --engine spark: the Spark master. local[*] uses this machine's cores "
                               "(local[2]: two); spark://HOST:7077, yarn or k8s://... a cluster."),
             click.option("--partitions", type=click.IntRange(1, 10_000_000), default=None,

@@ -67,3 +67,16 @@ def test_nan_is_refused_where_a_number_in_a_range_is_asked(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert "'nan' is not a number." in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_master_spark_cannot_take_is_a_usage_error(tmp_path):
+    """Spark answers a master it does not know with a Java stack trace; it is refused first."""
+    root = make_dataset(tmp_path / "d", {"a": 1})
+    (root / "m.keras").write_text("")
+    for args in (["predict", root, "--model", root / "m.keras", "-o", tmp_path / "o.parquet"],
+                 ["embed", root, "-o", tmp_path / "e.parquet"]):
+        result = run(*args, "--engine", "spark", "--master", "bogus://x")
+        assert result.exit_code == 2, result.output
+        assert ("Invalid value for '--master': 'bogus://x' is not a Spark master: yarn, local, local[N] or "
+                "local[*], spark://HOST:PORT or k8s://URL") in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
