@@ -114,8 +114,6 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
                     engine_spark.write_parquet(frame, output)
                     counts = spark.read.parquet(output).selectExpr("count(error)", "sum(size(skipped))").first()
                     failed, skipped = counts[0], counts[1] or 0
-                    if skipped:
-                        click.echo(f"warning: {skipped} files skipped (see the 'skipped' column)", err=True)
                 else:
                     failed, skipped = _write(engine_spark.ordered_rows(frame, labels), fmt, labels, output)
         finally:
@@ -124,12 +122,13 @@ def predict(paths, model_path, fmt, output, batch_size, tta, seed, decide, expla
         if workers is None:
             workers = default_workers() if len(users) >= 4 * batch_size else 1
         failed, skipped = _write(iter_predictions(users, predictor, batch_size=batch_size, tta=tta, seed=seed,
-                                         workers=workers, progress=not quiet, explain=explain), fmt, labels, output)
+                                                  workers=workers, progress=not quiet, explain=explain),
+                                 fmt, labels, output)
     if output:
         click.echo(f"wrote {len(users)} users to {output}", err=True)
-    if skipped:
-        click.echo(f"{skipped} image file{'s' * (skipped != 1)} skipped in all (the warnings above name them)",
-                   err=True)
+    if skipped:  # Parquet's rows name them in their column; every other format's warnings above
+        named = "the output's 'skipped' column names them" if fmt == "parquet" else "the warnings above name them"
+        click.echo(f"{skipped} image file{'s' * (skipped != 1)} skipped in all ({named})", err=True)
     if failed:
         click.echo(f"{failed} of {len(users)} users could not be profiled", err=True)
         sys.exit(EXIT_SOME_FAILED)

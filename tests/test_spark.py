@@ -83,7 +83,7 @@ def test_parquet_output_one_row_per_user(trained, tmp_path):
     assert skipped["t01"][0]["file"].endswith("zz_broken.jpg")
     assert skipped["t02"][0]["reason"].startswith("not an image")
     assert skipped["t00"] == []
-    assert "warning: 3 files skipped (see the 'skipped' column)" in result.stderr
+    assert "3 image files skipped in all (the output's 'skipped' column names them)" in result.stderr
 
 
 def test_a_failed_task_is_retried_without_duplicate_rows(trained, tmp_path, monkeypatch):
