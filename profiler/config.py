@@ -159,14 +159,11 @@ class TrainConfig:
              f"class_weight must be one of {CLASS_WEIGHTS}, not {self.class_weight!r}"),
             (self.set_pooling in SET_POOLINGS,
              f"set_pooling must be one of {SET_POOLINGS}, not {self.set_pooling!r}"),
-            (self.latent_start_trust is None or (isinstance(self.latent_start_trust, (int, float))
-                                                 and 0 < self.latent_start_trust < 1),
+            (self.latent_start_trust is None or 0 < self.latent_start_trust < 1,
              f"latent_start_trust must be null or a number between 0 and 1, not {self.latent_start_trust!r}"),
-            (self.latent_reader_l2 is None or (isinstance(self.latent_reader_l2, (int, float))
-                                               and 0 <= self.latent_reader_l2 <= 1e6),
+            (self.latent_reader_l2 is None or 0 <= self.latent_reader_l2 <= 1e6,
              f"latent_reader_l2 must be null or a number from 0 to 1e6, not {self.latent_reader_l2!r}"),
-            (self.latent_whiten is None or (isinstance(self.latent_whiten, (int, float))
-                                            and 0 < self.latent_whiten <= 1),
+            (self.latent_whiten is None or 0 < self.latent_whiten <= 1,
              f"latent_whiten must be null or a number above 0 and at most 1, not {self.latent_whiten!r}"),
             (_pairs_ok(self.latent_pairs),
              f"latent_pairs must be a list of distinct pairs of traits written 'gender*occupation' "
@@ -194,7 +191,7 @@ class TrainConfig:
             (self.filters is None or self.model in CONVOLUTIONS,
              f"filters sets the 3D CNNs' convolutions; the {self.model} model has none"),
             (self.filters is None or self.model not in CONVOLUTIONS
-             or (isinstance(self.filters, list) and len(self.filters) == CONVOLUTIONS[self.model]),
+             or len(self.filters) == CONVOLUTIONS[self.model],
              f"filters needs {CONVOLUTIONS.get(self.model)} counts for {self.model} "
              f"(one per convolution), not {self.filters!r}"),
         ]
@@ -219,6 +216,14 @@ POSITIVE = ("neighbour_temperature", "latent_temperature", "latent_start_tempera
             "adapt_learning_rate")
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _type_problems(config: TrainConfig) -> list[str]:
     """A message for each setting not of its kind (a file's settings come as JSON or TOML
     gives them): true or false, a whole number, a finite number (or null where ``NULLABLE``),
@@ -228,23 +233,21 @@ def _type_problems(config: TrainConfig) -> list[str]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
         elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+            ok, kind = _whole(value), "a whole number"
         elif isinstance(default, float) or f.name in NULLABLE:
-            ok = (number and math.isfinite(value)) or (value is None and f.name in NULLABLE)
+            ok = _finite(value) or (value is None and f.name in NULLABLE)
             kind = "a finite number" + (" or null" if f.name in NULLABLE else "")
         elif isinstance(default, str):
             ok, kind = isinstance(value, str), "text"
         elif isinstance(default, dict):
-            ok = isinstance(value, dict) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                                                 and math.isfinite(w) for w in value.values())
+            ok = isinstance(value, dict) and all(_finite(w) for w in value.values())
             kind = "a table of finite numbers"
         elif f.name in ("hidden", "dense", "filters"):
             ok = (value is None and f.name == "filters") or (
-                isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value))
+                isinstance(value, list) and all(_whole(n) for n in value))
             kind = "a list of whole numbers"
         else:  # the lists of traits, checked with their meaning in ``validate``
             continue
