@@ -11,7 +11,8 @@ from cli.common import embeddings_option, refuse_output_over_inputs
 @click.option("--model", "-m", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help="A .keras model from 'profiler train'.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write the contact sheet (PNG) here, atomically.")
+              help="Write the contact sheet here, atomically: PDF, SVG or JPEG where the name ends "
+                   "so (.pdf, .svg, .jpg), PNG otherwise.")
 @click.option("--decide", default=None, metavar="RULE",
               help="The decision rule whose labels are explained (as for 'profiler predict')  "
                    "[default: the model's]")

@@ -39,7 +39,8 @@ class Group(click.Group):
         except OSError as exc:  # a write error (disk full, file too large, permissions): no traceback
             where = f"{exc.filename}: " if exc.filename else ""
             reason = exc.strerror or str(exc)
-            if isinstance(exc, FileExistsError) and exc.filename and os.path.isfile(exc.filename):
+            if (isinstance(exc, FileExistsError) and exc.filename and os.path.exists(exc.filename)
+                    and not os.path.isdir(exc.filename)):
                 reason = "a file is there, where a folder was to be made"  # mkdir of a path through a file
             raise click.ClickException(f"{where}{reason}") from exc
 

@@ -15,13 +15,18 @@ def _pyplot():
     return plt
 
 
+#: the figure formats a file's extension may ask for (``save_figure``); any other name is PNG
+FIGURE_FORMATS = {".pdf": "pdf", ".svg": "svg", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
 def save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure to ``path`` atomically and close it."""
+    """Save a matplotlib figure to ``path`` atomically and close it: PDF, SVG or JPEG where the
+    name ends so (``FIGURE_FORMATS``), PNG otherwise."""
     from core.io import atomic_path
 
     plt = _pyplot()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format=FIGURE_FORMATS.get(Path(path).suffix.lower(), "png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 

@@ -69,6 +69,11 @@ def test_explain_draws_a_contact_sheet(trained, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("gender: ") and "(explained: " in lines[0]
     assert len([line for line in lines if line.startswith("  ")]) == 15  # five images, three traits
+    starts = {"sheet.pdf": b"%PDF", "sheet.svg": b"<?xml", "sheet.JPG": b"\xff\xd8\xff", "sheet.xyz": b"\x89PNG"}
+    for name, start in starts.items():  # the format the name asks for; PNG for any other name
+        result = run("explain", data / "images" / "u02", "--model", model, "--embeddings", root / "e.sqlite",
+                     "-o", tmp_path / name)
+        assert result.exit_code == 0 and (tmp_path / name).read_bytes().startswith(start), name
 
 
 def test_explain_refuses_what_it_cannot_explain(trained, tmp_path):
