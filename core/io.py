@@ -76,6 +76,12 @@ def scratch_path(path: str | Path, suffix: str = "") -> Path:
     return path.parent / f"{_prefix(path)}{os.getpid()}.scratch.tmp{suffix}"
 
 
+def _device_or_pipe(path: Path) -> bool:
+    """Whether ``path`` is there and neither a plain file nor a folder (a device, a pipe, a
+    socket): what ``atomic_path`` writes in place and ``atomic_dir`` refuses."""
+    return path.exists() and not (path.is_file() or path.is_dir())
+
+
 @contextlib.contextmanager
 def _named(path: Path):
     """An ``OSError`` raised making the temporary file or folder beside ``path`` names ``path``,
@@ -102,7 +108,7 @@ def atomic_path(path: str | Path, suffix: str = ""):
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    if path.exists() and not (path.is_file() or path.is_dir()):
+    if _device_or_pipe(path):
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +172,7 @@ def atomic_dir(path: str | Path):
     anything is written: the exchange would put the folder in its place.
     """
     path = Path(path)
-    if path.exists() and not (path.is_dir() or path.is_file()):
+    if _device_or_pipe(path):
         raise FileExistsError(errno.EEXIST, "a device or a pipe, not a folder to write into", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
