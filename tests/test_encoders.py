@@ -78,6 +78,19 @@ def test_embedding_does_not_depend_on_the_batch(name):
     assert encoder.identity.startswith(f"{name}:") and len(encoder.identity.split("@")[1]) == 12
 
 
+def test_another_input_size_keeps_the_weights_and_the_embedding_width():
+    """``size`` changes the input (and the preprocessing's square), not the network's weights."""
+    from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder, build_efficientnet_lite
+
+    class At96(EfficientNetLite0Encoder):
+        size = 96
+
+    network = build_efficientnet_lite(variant=0, features="avgmax", size=96)
+    assert network.input_shape == (None, 96, 96, 3) and network.output_shape == (None, 2560)
+    assert network.count_params() == build_efficientnet_lite(variant=0).count_params()
+    assert At96().preprocess(Image.new("RGB", (300, 150))).shape == (96, 96, 3)
+
+
 def test_preprocessing_as_the_weights_expect():
     from profiler.encoders.efficientnet_lite import EfficientNetLite0Encoder
     from profiler.encoders.open_nsfw import OpenNsfwEncoder

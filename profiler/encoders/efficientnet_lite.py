@@ -58,13 +58,14 @@ def _layer_name(name: str) -> str:
 
 
 def build_efficientnet_lite(weights: dict[str, np.ndarray] | None = None, *, variant: int = 0,
-                            classifier: bool = False, features: str = "avg"):
+                            classifier: bool = False, features: str = "avg", size: int | None = None):
     """The Keras network of EfficientNet-Lite``variant``; with ``weights`` (a state dict by
     PyTorch name) loaded into it.
 
     Outputs the final map (7x7 or 9x9, 1280 channels) pooled over space: its average (``features="avg"``,
     what the classifier sees) or average and maximum side by side (``"avgmax"``, 2560-d),
-    and the 1000 ImageNet logits too if ``classifier``.
+    and the 1000 ImageNet logits too if ``classifier``. ``size``: the input's side, the
+    variant's own (224 or 260) unless given (the network is convolutional to its pooling).
     """
     from profiler.backend import import_keras
 
@@ -91,7 +92,7 @@ def build_efficientnet_lite(weights: dict[str, np.ndarray] | None = None, *, var
         x = layer(x)
         return layers.ReLU(6.0)(x) if act else x
 
-    size = VARIANTS[variant][2]
+    size = size or VARIANTS[variant][2]
     inputs = keras.Input((size, size, 3), name="image")
     x = bn(conv(inputs, "_conv_stem", 32, 3, 2), "_bn0")
     block, filters_in = 0, 32
@@ -125,6 +126,8 @@ def build_efficientnet_lite(weights: dict[str, np.ndarray] | None = None, *, var
 class EfficientNetLite0Encoder(Encoder):
     name = "efficientnet_lite0"
     variant = 0
+    #: the input's side in pixels; None: the variant's own (224 or 260)
+    size: int | None = None
     features = "avgmax"
     dim = 2560
     draft = SIZE
@@ -143,12 +146,12 @@ class EfficientNetLite0Encoder(Encoder):
         from profiler.encoders.torch_pickle import load_state_dict
 
         return build_efficientnet_lite(load_state_dict(self.weights_path), variant=self.variant,
-                                       features=self.features)
+                                       features=self.features, size=self.size)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         from PIL import ImageOps
 
-        size = VARIANTS[self.variant][2]
+        size = self.size or VARIANTS[self.variant][2]
         square = ImageOps.pad(image, (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
         return (np.asarray(square, np.float32) - MEAN) / STD
 
